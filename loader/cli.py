@@ -1,0 +1,208 @@
+"""The `loader` command (see shared/contracts/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from loader.database import Warehouse, ensure_registry, resolve_warehouse
+from loader.load_key import LoadKey, LoadKeyError
+from loader.partners import PartnerSettingsError, load_partners
+from loader.progress import make_progress
+from loader.registry import latest_run, recent_runs
+from loader.runner import RunOutcome, describe_problems, run_load
+from loader.settings import LoaderSettings
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad usage or refused input: exit code 2 with the message."""
+
+
+def _settings() -> LoaderSettings:
+    try:
+        return LoaderSettings()
+    except ValidationError as exc:
+        details = "; ".join(f"LOADER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                            for e in exc.errors(include_url=False))
+        raise UsageError(f"invalid setting: {details}") from exc
+
+
+def _warehouse(settings: LoaderSettings) -> Warehouse:
+    warehouse = resolve_warehouse(settings)
+    ensure_registry(warehouse)
+    return warehouse
+
+
+def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
+    v = outcome.verification
+    load = str(v.key) if v.key else str(v.folder)
+    print(f"load {load} (run {outcome.run_id}): {outcome.status}")
+    if outcome.status == "rejected":
+        print("the folder was refused; nothing was landed:")
+        print("\n".join(describe_problems(v.refusals)))
+        return
+    if outcome.message:
+        print(outcome.message)
+    if v.findings:
+        print("file findings:")
+        print("\n".join(describe_problems(v.findings)))
+    if not outcome.landed or v.contract is None:
+        return
+    width = max(len(lf.file_name) for lf in outcome.landed)
+    print(f"  {'file':<{width}}  {'rows':>10}  {'sha256':<16}  landed")
+    for lf in outcome.landed:
+        state = f"new, file_id {lf.file_id}" if lf.newly_landed else f"already landed as file_id {lf.file_id}"
+        print(f"  {lf.file_name:<{width}}  {lf.rows:>10,}  {lf.sha256[:16]}  {state}")
+    raw = v.contract.raw_dataset
+    print(f"raw data: schema {raw} in {warehouse.display}")
+    print("query it:")
+    print('  eval "$(loader env)"')
+    print(f"  psql -c \"select f.file_name, r.* from {raw}.customers r join loader_registry.landed_files f"
+          f" on f.file_id = r._file_id where f.partner_id = '{v.key.partner_id}' limit 5\"")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    partners = load_partners(settings.partners_file)
+    warehouse = _warehouse(settings)
+    progress = make_progress()
+    try:
+        outcome = run_load(warehouse, partners, Path(args.path), triggered_by=args.triggered_by,
+                           progress=progress, land_workers=settings.land_workers)
+    finally:
+        progress.close()
+    _print_outcome(outcome, warehouse)
+    return outcome.exit_code
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
+        cur.execute(
+            "select source_path from loader_registry.runs where partner_id = %s and shop_id = %s and load_id = %s"
+            " and source_path is not null order by run_id desc limit 1",
+            (key.partner_id, key.shop_id, key.load_id),
+        )
+        row = cur.fetchone()
+    if row is None:
+        print(f"unknown load {key}", file=sys.stderr)
+        return 1
+    folder = Path(row[0])
+    if not folder.is_dir():
+        print(f"the kept files of {key} are gone: {folder} does not exist", file=sys.stderr)
+        return 1
+    args.path = str(folder)
+    return cmd_run(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    warehouse = _warehouse(_settings())
+    with contextlib.closing(warehouse.connect()) as conn:
+        runs = recent_runs(conn, args.limit)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
+        return 0
+    if not runs:
+        print("no runs yet")
+        return 0
+    print(f"{'run':>5}  {'status':<12}  {'started (UTC)':<19}  {'errors':>6}  {'warnings':>8}  load")
+    for r in runs:
+        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r.run_id:>5}  {r.status:<12}  {started:<19}  {r.error_count:>6}  {r.warning_count:>8}  {r.load}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    warehouse = _warehouse(_settings())
+    for name, value in warehouse.env().items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from loader.sample_data import ExportSpec, write_export
+
+    settings = _settings()
+    root = settings.home_dir / "demo" / "imports"
+    spec = ExportSpec(customers=args.customers, seed=args.seed)
+    result = write_export(root, spec)
+    print(f"wrote a sample shop export to {result.folder}")
+    args.path = str(result.folder)
+    code = cmd_run(args)
+    print("next: `loader status`, or look at the raw data with the psql lines above")
+    return 0 if code in (0, 3) else code
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    warehouse = _warehouse(_settings())
+    with contextlib.closing(warehouse.connect()) as conn:
+        run = latest_run(conn, key)
+    if run is None:
+        print(f"unknown load {key}", file=sys.stderr)
+        return 1
+    print(json.dumps(run.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loader", description="Partner data onboarding into PostgreSQL.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="verify, land and load one load folder")
+    run.add_argument("path", help="load folder .../partner_id/shop_id/load_id/")
+    run.add_argument("--triggered-by", default="cli", help="who or what started the run (default: cli)")
+    run.set_defaults(func=cmd_run)
+
+    rerun = sub.add_parser("rerun", help="run a load again from its kept files")
+    rerun.add_argument("load", help="partner_id/shop_id/load_id")
+    rerun.add_argument("--triggered-by", default="cli:rerun")
+    rerun.set_defaults(func=cmd_rerun)
+
+    demo = sub.add_parser("demo", help="generate a sample shop export and run it end to end")
+    demo.add_argument("--customers", type=int, default=200, help="size of the sample shop (default 200)")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--triggered-by", default="cli:demo")
+    demo.set_defaults(func=cmd_demo)
+
+    status = sub.add_parser("status", help="recent runs with their status")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--limit", type=int, default=20)
+    status.set_defaults(func=cmd_status)
+
+    show = sub.add_parser("show", help="the latest run of one load, as JSON")
+    show.add_argument("load", help="partner_id/shop_id/load_id")
+    show.set_defaults(func=cmd_show)
+
+    env = sub.add_parser("env", help='print the database environment: eval "$(loader env)"')
+    env.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (UsageError, LoadKeyError, PartnerSettingsError) as exc:
+        print(f"loader: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The contract model: entities, files, columns and rules, read from YAML."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONTRACTS_DIR = Path(__file__).parent
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+FILE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.csv$")
+
+ColumnType = Literal["id", "text", "int", "decimal", "money", "date", "datetime", "email", "phone", "vin", "enum"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Strict):
+    name: str = Field(pattern=IDENTIFIER.pattern)
+    type: ColumnType
+    required: bool = False
+    description: str
+    references: str | None = None
+    values: tuple[str, ...] = ()
+    default: str | None = None
+    min: int | None = None
+    max_years_ahead: int | None = None
+    nonzero: bool = False
+
+    @model_validator(mode="after")
+    def _enum_has_values(self) -> Column:
+        if (self.type == "enum") != bool(self.values):
+            raise ValueError(f"column {self.name}: 'values' is required for enum columns and only for them")
+        return self
+
+
+class RequiredOneOf(_Strict):
+    columns: tuple[str, ...]
+    report_field: str
+
+
+class Entity(_Strict):
+    name: str = Field(pattern=IDENTIFIER.pattern)
+    file: str = Field(pattern=FILE_NAME.pattern)
+    aliases: tuple[str, ...] = ()
+    key: str
+    description: str
+    min_rows: int = 0
+    columns: tuple[Column, ...]
+    required_one_of: tuple[RequiredOneOf, ...] = ()
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        return (self.file, *self.aliases)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+    @model_validator(mode="after")
+    def _check_names(self) -> Entity:
+        names = self.column_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"entity {self.name}: duplicate column names")
+        if self.key not in names:
+            raise ValueError(f"entity {self.name}: key {self.key!r} is not a column")
+        for rule in self.required_one_of:
+            unknown = set(rule.columns) - set(names)
+            if unknown:
+                raise ValueError(f"entity {self.name}: required_one_of names unknown columns {sorted(unknown)}")
+        return self
+
+
+class Contract(_Strict):
+    name: str = Field(pattern=IDENTIFIER.pattern)
+    title: str
+    raw_dataset: str = Field(pattern=IDENTIFIER.pattern)
+    entities: tuple[Entity, ...]
+
+    def entity(self, name: str) -> Entity:
+        for ent in self.entities:
+            if ent.name == name:
+                return ent
+        raise KeyError(f"contract {self.name} has no entity {name!r}")
+
+    def entity_for_file(self, file_name: str) -> Entity | None:
+        for ent in self.entities:
+            if file_name in ent.file_names:
+                return ent
+        return None
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Contract:
+        seen: set[str] = set()
+        files: set[str] = set()
+        for ent in self.entities:
+            for col in ent.columns:
+                if col.references is None:
+                    continue
+                if col.references != ent.name and col.references not in seen:
+                    raise ValueError(
+                        f"{ent.name}.{col.name} references {col.references!r}, which is not listed before it"
+                    )
+            overlap = files & set(ent.file_names)
+            if overlap:
+                raise ValueError(f"file names {sorted(overlap)} belong to more than one entity")
+            files |= set(ent.file_names)
+            seen.add(ent.name)
+        return self
+
+
+def available_contracts() -> list[str]:
+    return sorted(p.stem for p in CONTRACTS_DIR.glob("*.yaml"))
+
+
+@cache
+def load_contract(name: str) -> Contract:
+    """Return the named contract; raise KeyError naming the known ones if there is none."""
+    if name not in available_contracts():
+        raise KeyError(f"unknown contract {name!r}; known contracts: {', '.join(available_contracts())}")
+    data = yaml.safe_load((CONTRACTS_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    return Contract.model_validate(data)

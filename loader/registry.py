@@ -1,0 +1,143 @@
+"""The run registry: runs, their append-only status history, and their problems."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import psycopg2.extensions
+from pydantic import BaseModel
+
+from loader.load_key import LoadKey
+from loader.manifest import Problem
+
+RunStatus = Literal["queued", "running", "completed", "failed", "needs_review", "rejected"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "rejected"})
+
+
+class RunRecord(BaseModel):
+    run_id: int
+    load: str
+    contract: str
+    status: RunStatus
+    triggered_by: str
+    started_at: dt.datetime
+    completed_at: dt.datetime | None
+    error_count: int
+    warning_count: int
+    message: str | None
+
+
+_RUN_COLUMNS = """
+    run_id, partner_id || '/' || shop_id || '/' || load_id, contract, status, triggered_by,
+    started_at, completed_at, error_count, warning_count, message
+"""
+
+
+def _record(row: Sequence[object]) -> RunRecord:
+    names = list(RunRecord.model_fields)
+    return RunRecord.model_validate(dict(zip(names, row, strict=True)))
+
+
+def start_run(
+    conn: psycopg2.extensions.connection,
+    parts: tuple[str, str, str],
+    contract: str,
+    triggered_by: str,
+    source_path: str | None,
+) -> int:
+    """Register a run in `running` state. `parts` may be unchecked text from a refused path:
+    it is only ever stored as data, cut to a sane length."""
+    partner, shop, load = (p[:200] for p in parts)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "insert into loader_registry.runs (partner_id, shop_id, load_id, contract, status, triggered_by,"
+            " source_path) values (%s, %s, %s, %s, 'running', %s, %s) returning run_id",
+            (partner, shop, load, contract, triggered_by, source_path),
+        )
+        run_id = cur.fetchone()[0]
+        cur.execute(
+            "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, 'running', %s)",
+            (run_id, f"started by {triggered_by}"),
+        )
+    return run_id
+
+
+def set_status(
+    conn: psycopg2.extensions.connection,
+    run_id: int,
+    status: RunStatus,
+    detail: str | None = None,
+    *,
+    error_count: int | None = None,
+    warning_count: int | None = None,
+) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            update loader_registry.runs set
+                status = %(status)s,
+                completed_at = case when %(final)s then clock_timestamp() end,
+                message = coalesce(%(detail)s, message),
+                error_count = coalesce(%(errors)s, error_count),
+                warning_count = coalesce(%(warnings)s, warning_count)
+            where run_id = %(run_id)s
+            """,
+            {"status": status, "final": status in FINAL_STATUSES, "detail": detail, "errors": error_count,
+             "warnings": warning_count, "run_id": run_id},
+        )
+        cur.execute(
+            "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, %s, %s)",
+            (run_id, status, detail),
+        )
+
+
+def record_problems(conn: psycopg2.extensions.connection, run_id: int, problems: Sequence[Problem]) -> None:
+    if not problems:
+        return
+    with conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into loader_registry.run_problems (run_id, file_name, entity, field, rule, severity, message)"
+            " values (%s, %s, %s, %s, %s, %s, %s)",
+            [(run_id, p.file, p.entity, p.field, p.rule, p.severity, p.message) for p in problems],
+        )
+
+
+def recent_runs(conn: psycopg2.extensions.connection, limit: int = 20) -> list[RunRecord]:
+    with conn, conn.cursor() as cur:
+        cur.execute(f"select {_RUN_COLUMNS} from loader_registry.runs order by run_id desc limit %s", (limit,))
+        return [_record(r) for r in cur.fetchall()]
+
+
+def latest_run(conn: psycopg2.extensions.connection, key: LoadKey) -> RunRecord | None:
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"select {_RUN_COLUMNS} from loader_registry.runs"
+            " where partner_id = %s and shop_id = %s and load_id = %s order by run_id desc limit 1",
+            (key.partner_id, key.shop_id, key.load_id),
+        )
+        row = cur.fetchone()
+    return _record(row) if row else None
+
+
+@contextlib.contextmanager
+def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey, wait: bool = True) -> Iterator[bool]:
+    """Hold the shop's advisory lock for the duration: two loads of one shop never run at once."""
+    lock_key = f"loader shop {key.partner_id}/{key.shop_id}"
+    with conn.cursor() as cur:
+        if wait:
+            cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (lock_key,))
+            got = True
+        else:
+            cur.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,))
+            got = bool(cur.fetchone()[0])
+    conn.commit()
+    try:
+        yield got
+    finally:
+        if got:
+            with conn.cursor() as cur:
+                cur.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key,))
+            conn.commit()

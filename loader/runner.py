@@ -1,0 +1,111 @@
+"""One run of one load folder: verify, land, and record what happened."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loader.database import Warehouse, ensure_registry
+from loader.landing import LandedFile, LandingError, land_files
+from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, verify_folder
+from loader.partners import PartnersFile
+from loader.progress import Progress
+from loader.registry import RunStatus, record_problems, set_status, shop_lock, start_run
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES: dict[str, int] = {"completed": 0, "failed": 1, "rejected": 2, "needs_review": 3}
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    status: RunStatus
+    verification: Verification
+    landed: list[LandedFile] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+
+def _parts_of(folder: Path) -> tuple[str, str, str]:
+    parts = (os.fspath(folder).rstrip("/").split("/") or [""])[-3:]
+    return tuple(["?"] * (3 - len(parts)) + parts)  # type: ignore[return-value]
+
+
+def _row_problem_counts(conn: object, landed: list[LandedFile], raw_dataset: str) -> int:
+    """Rows the parser flagged (ragged or undecodable): each is an error for validation."""
+    from psycopg2 import sql
+
+    total = 0
+    with conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+        for lf in landed:
+            cur.execute(
+                sql.SQL("select count(*) from {} where _file_id = %s and _problem is not null").format(
+                    sql.Identifier(raw_dataset, lf.entity)),
+                (lf.file_id,),
+            )
+            total += cur.fetchone()[0]
+    return total
+
+
+def run_load(
+    warehouse: Warehouse,
+    partners: PartnersFile,
+    folder: Path,
+    *,
+    triggered_by: str,
+    progress: Progress,
+    land_workers: int = 2,
+) -> RunOutcome:
+    ensure_registry(warehouse)
+    with contextlib.closing(warehouse.connect()) as conn:
+        progress.status(f"verifying {folder}")
+        verification = verify_folder(folder, partners.for_partner,
+                                     on_file=lambda name: progress.status(f"checking {name}"))
+        contract_name = verification.contract.name if verification.contract else DEFAULT_CONTRACT
+        parts = (
+            (verification.key.partner_id, verification.key.shop_id, verification.key.load_id)
+            if verification.key else _parts_of(folder)
+        )
+        run_id = start_run(conn, parts, contract_name, triggered_by, os.fspath(folder.absolute()))
+        if not verification.ok:
+            record_problems(conn, run_id, verification.refusals + verification.findings)
+            reason = f"refused: {len(verification.refusals)} problem(s) with the folder"
+            set_status(conn, run_id, "rejected", reason, error_count=len(verification.refusals))
+            return RunOutcome(run_id, "rejected", verification, message=reason)
+
+        assert verification.key is not None and verification.contract is not None
+        key, contract = verification.key, verification.contract
+        settings = partners.for_partner(key.partner_id)
+        record_problems(conn, run_id, verification.findings)
+        with contextlib.closing(warehouse.connect()) as lock_conn, shop_lock(lock_conn, key):
+            try:
+                landed = land_files(warehouse, conn, contract, key, verification.files, settings.encoding,
+                                    land_workers, progress)
+            except LandingError as exc:
+                log.exception("landing failed")
+                set_status(conn, run_id, "failed", str(exc)[:2000])
+                return RunOutcome(run_id, "failed", verification, message=str(exc))
+            with conn, conn.cursor() as cur:
+                cur.executemany(
+                    "insert into loader_registry.run_files (run_id, entity, file_id, manifest_rows, newly_landed)"
+                    " values (%s, %s, %s, %s, %s)",
+                    [(run_id, lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
+                     for lf, vf in zip(landed, verification.files, strict=True)],
+                )
+            errors = sum(1 for p in verification.findings if p.severity == "error")
+            errors += _row_problem_counts(conn, landed, contract.raw_dataset)
+            warnings = sum(1 for p in verification.findings if p.severity == "warning")
+            set_status(conn, run_id, "completed", "landed in " + contract.raw_dataset,
+                       error_count=errors, warning_count=warnings)
+            return RunOutcome(run_id, "completed", verification, landed)
+
+
+def describe_problems(problems: list[Problem]) -> list[str]:
+    return [f"  [{p.rule}] {p}" for p in problems]

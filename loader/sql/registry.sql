@@ -1,0 +1,98 @@
+-- Run registry: one row per run, an append-only status history, and the files
+-- each run landed. Applied on every start; every statement is idempotent.
+create schema if not exists loader_registry;
+
+create table if not exists loader_registry.runs (
+    run_id bigint generated always as identity primary key,
+    partner_id text not null,
+    shop_id text not null,
+    load_id text not null,
+    contract text not null,
+    status text not null,
+    triggered_by text not null,
+    source_path text,
+    started_at timestamptz not null default clock_timestamp(),
+    completed_at timestamptz,
+    error_count integer not null default 0,
+    warning_count integer not null default 0,
+    message text,
+    constraint runs_status_known check (
+        status in ('queued', 'running', 'completed', 'failed', 'needs_review', 'rejected')
+    ),
+    constraint runs_completed_after_start check (completed_at is null or completed_at >= started_at)
+);
+
+create index if not exists runs_load_key on loader_registry.runs (partner_id, shop_id, load_id, run_id desc);
+
+create table if not exists loader_registry.run_status_history (
+    history_id bigint generated always as identity primary key,
+    run_id bigint not null references loader_registry.runs (run_id),
+    status text not null,
+    changed_at timestamptz not null default clock_timestamp(),
+    detail text,
+    constraint history_status_known check (
+        status in ('queued', 'running', 'completed', 'failed', 'needs_review', 'rejected')
+    )
+);
+
+create index if not exists run_status_history_run on loader_registry.run_status_history (run_id, history_id);
+
+create or replace function loader_registry.refuse_history_change() returns trigger
+language plpgsql as $$
+begin
+    raise exception 'loader_registry.run_status_history is append-only (% refused)', tg_op;
+end;
+$$;
+
+create or replace trigger run_status_history_append_only
+before update or delete on loader_registry.run_status_history
+for each row execute function loader_registry.refuse_history_change();
+
+create or replace trigger run_status_history_no_truncate
+before truncate on loader_registry.run_status_history
+for each statement execute function loader_registry.refuse_history_change();
+
+-- Problems found in a run's files: why a folder was refused, or file-level
+-- findings (missing or unknown columns) that the exception report lists with row 0.
+create table if not exists loader_registry.run_problems (
+    problem_id bigint generated always as identity primary key,
+    run_id bigint not null references loader_registry.runs (run_id),
+    file_name text,
+    entity text,
+    field text,
+    rule text not null,
+    severity text not null check (severity in ('error', 'warning')),
+    message text not null
+);
+
+create index if not exists run_problems_run on loader_registry.run_problems (run_id);
+
+-- Every distinct file landed in a raw dataset. Raw rows carry its file_id, so a
+-- row's load key, file name and digest are one join away and a file whose digest
+-- was already landed for the same shop and entity is stored once.
+create table if not exists loader_registry.landed_files (
+    file_id bigint generated always as identity primary key,
+    partner_id text not null,
+    shop_id text not null,
+    entity text not null,
+    sha256 text not null check (sha256 ~ '^[0-9a-f]{64}$'),
+    contract text not null,
+    raw_table text not null,
+    file_name text not null,
+    first_load_id text not null,
+    rows bigint,
+    header jsonb not null,
+    state text not null default 'landing' check (state in ('landing', 'landed')),
+    landed_at timestamptz,
+    constraint landed_files_once unique (partner_id, shop_id, entity, sha256)
+);
+
+-- Which landed file a run used for each entity (a rerun points at the same file_id).
+create table if not exists loader_registry.run_files (
+    run_id bigint not null references loader_registry.runs (run_id),
+    entity text not null,
+    file_id bigint not null references loader_registry.landed_files (file_id),
+    manifest_rows bigint not null,
+    newly_landed boolean not null,
+    primary key (run_id, entity)
+);

@@ -1,0 +1,49 @@
+"""Fixtures: a real PostgreSQL for the whole session and load folders built by hand.
+
+LOADER_TEST_DATABASE_URL names a server to test against (a fresh database is
+created on it and dropped afterwards); without it an embedded server is started
+in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loader.database import Warehouse, parse_url, start_embedded
+
+
+@pytest.fixture(scope="session")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    url = os.environ.get("LOADER_TEST_DATABASE_URL")
+    if not url:
+        yield start_embedded(tmp_path_factory.mktemp("pg-home"))
+        return
+    server = parse_url(url)
+    name = f"loader_test_{uuid.uuid4().hex[:12]}"
+    admin = server.connect()
+    admin.autocommit = True
+    with contextlib.closing(admin), admin.cursor() as cur:
+        cur.execute(f"create database {name}")
+    yield Warehouse(server.host, server.port, server.user, server.password or "x", name, embedded=False)
+    admin = server.connect()
+    admin.autocommit = True
+    with contextlib.closing(admin), admin.cursor() as cur:
+        cur.execute(f"drop database {name} with (force)")
+
+
+@pytest.fixture
+def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Warehouse]:
+    """An empty warehouse for one test, with the loader's environment pointing at it."""
+    with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
+        cur.execute("drop schema if exists raw_sms_v1 cascade")
+        cur.execute("drop schema if exists loader_registry cascade")
+    monkeypatch.setenv("LOADER_DATABASE_URL", warehouse.url)
+    monkeypatch.setenv("LOADER_HOME", str(tmp_path / "loader-home"))
+    monkeypatch.setenv("LOADER_PARTNERS_FILE", str(tmp_path / "partners.yml"))
+    yield warehouse

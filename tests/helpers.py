@@ -1,0 +1,69 @@
+"""Helpers for tests: load folders built by hand and an independent record count."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import uuid
+from pathlib import Path
+
+from loader.contracts import load_contract
+from loader.database import Warehouse
+
+
+def query(warehouse: Warehouse, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def csv_records(data: bytes, encoding: str = "utf-8-sig") -> int:
+    """Data records as Python's csv module counts them (an independent count for manifests)."""
+    if not data:
+        return 0
+    rows = list(csv.reader(io.StringIO(data.decode(encoding, errors="replace"), newline="")))
+    return len(rows) - 1
+
+
+def header_only(entity: str) -> bytes:
+    return (",".join(load_contract("sms_v1").entity(entity).column_names) + "\r\n").encode()
+
+
+CUSTOMERS = (
+    b"external_customer_id,first_name,last_name,email\r\n"
+    b"C1,Ann,Smith,ann@example.com\r\nC2,Bob,Jones,bob@example.com\r\n"
+)
+
+
+def make_load(
+    root: Path,
+    files: dict[str, bytes] | None = None,
+    *,
+    partner: str = "acme",
+    shop: str = "shop-1",
+    load_id: str = "load-1",
+    manifest: dict[str, object] | None = None,
+) -> Path:
+    """Write a load folder: every contract file (header-only unless given) and a correct manifest."""
+    folder = root / partner / shop / load_id
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = {e.file: header_only(e.name) for e in load_contract("sms_v1").entities}
+    contents["customers.csv"] = CUSTOMERS
+    contents.update(files or {})
+    entries = []
+    for name, data in contents.items():
+        if data is None:
+            continue
+        (folder / name).write_bytes(data)
+        entries.append({"name": name, "rows": csv_records(data), "sha256": hashlib.sha256(data).hexdigest()})
+    body: dict[str, object] = {"load_id": load_id, "contract": "sms_v1", "files": entries}
+    body.update(manifest or {})
+    (folder / "manifest.json").write_text(json.dumps(body))
+    return folder
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:10]
