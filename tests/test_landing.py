@@ -221,7 +221,7 @@ def test_customers_larger_than_one_batch(db: Warehouse, tmp_path: Path, capsys) 
                      " order by _row_number")
     assert len(rows) == 120_001
     expected_line = 2
-    for row_number, line_number, ext_id, problem in rows:
+    for row_number, line_number, ext_id, _problem in rows:
         assert line_number == expected_line, (row_number, ext_id)
         expected_line += 2 if ext_id is not None and int(ext_id[1:]) % 1000 == 0 else 1
     assert rows[70_001][2:] == (None, "ragged")
