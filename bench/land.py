@@ -100,10 +100,11 @@ def _child(folder: str, url: str, queue: mp.Queue) -> None:
     from loader.runner import run_load
 
     warehouse = parse_url(url)
-    start = time.perf_counter()
-    outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench",
-                       progress=LogProgress(open(os.devnull, "w")), land_workers=LoaderSettings().land_workers)
-    elapsed = time.perf_counter() - start
+    with open(os.devnull, "w") as quiet:
+        start = time.perf_counter()
+        outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench",
+                           progress=LogProgress(quiet), land_workers=LoaderSettings().land_workers)
+        elapsed = time.perf_counter() - start
     queue.put((outcome.status, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
@@ -152,7 +153,8 @@ def main() -> int:
     land_rate = args.rows / min(land_s)
     print(f"file: {big.name}, {args.rows:,} rows, {size_mb:.0f} MB")
     print(f"plain COPY into an all-text table : {min(copy_s):6.2f} s  {copy_rate:>10,.0f} rows/s")
-    print(f"loader run (verify + land)        : {min(land_s):6.2f} s  {land_rate:>10,.0f} rows/s  peak RSS {peak:.0f} MB")
+    print(f"loader run (verify + land)        : {min(land_s):6.2f} s  {land_rate:>10,.0f} rows/s"
+          f"  peak RSS {peak:.0f} MB")
     print(f"loader / COPY rate                : {land_rate / copy_rate:6.0%}   (goal: at least 60%)")
 
     for rows in args.memory_rows:
