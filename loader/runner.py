@@ -8,6 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg2.extensions
+from psycopg2 import sql
+
 from loader.database import Warehouse, ensure_registry
 from loader.landing import LandedFile, LandingError, land_files
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, verify_folder
@@ -34,16 +37,17 @@ class RunOutcome:
 
 
 def _parts_of(folder: Path) -> tuple[str, str, str]:
-    parts = (os.fspath(folder).rstrip("/").split("/") or [""])[-3:]
-    return tuple(["?"] * (3 - len(parts)) + parts)  # type: ignore[return-value]
+    """The would-be load key of a refused path, for the registry only (stored as data)."""
+    parts = ["?", "?", "?", *os.fspath(folder).rstrip("/").split("/")]
+    return parts[-3], parts[-2], parts[-1]
 
 
-def _row_problem_counts(conn: object, landed: list[LandedFile], raw_dataset: str) -> int:
+def _row_problem_counts(
+    conn: psycopg2.extensions.connection, landed: list[LandedFile], raw_dataset: str
+) -> int:
     """Rows the parser flagged (ragged or undecodable): each is an error for validation."""
-    from psycopg2 import sql
-
     total = 0
-    with conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+    with conn, conn.cursor() as cur:
         for lf in landed:
             cur.execute(
                 sql.SQL("select count(*) from {} where _file_id = %s and _problem is not null").format(

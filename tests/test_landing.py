@@ -260,3 +260,24 @@ def test_header_only_customers_is_refused(db: Warehouse, tmp_path: Path, capsys)
     code, out = run(make_load(tmp_path, {"customers.csv": CUSTOMERS.split(b"\r\n")[0] + b"\r\n"}), capsys)
     assert code == 2
     assert "customers.csv: must hold at least 1 data record(s)" in out
+
+
+def test_failed_landing_is_recorded_and_a_rerun_completes_without_duplicates(
+    db: Warehouse, tmp_path: Path, capsys
+) -> None:
+    folder = make_load(tmp_path)
+    warmup = {"customers.csv": b"external_customer_id,last_name\r\nW1,Warm\r\n"}
+    assert run(make_load(tmp_path / "warmup", warmup, shop="other"), capsys)[0] == 0
+    query(db, "alter table raw_sms_v1.customers add constraint refuse_c2 check (external_customer_id <> 'C2')")
+    code, out = run(folder, capsys)
+    assert code == 1
+    assert "refuse_c2" in out
+    [(status, message)] = query(db, "select status, message from loader_registry.runs where shop_id = 'shop-1'")
+    assert status == "failed" and "refuse_c2" in message
+    assert query(db, "select count(*) from raw_sms_v1.customers r join loader_registry.landed_files f"
+                     " on f.file_id = r._file_id where f.shop_id = 'shop-1'") == [(0,)]
+    query(db, "alter table raw_sms_v1.customers drop constraint refuse_c2")
+    code, out = run(folder, capsys)
+    assert code == 0, out
+    assert query(db, "select r.external_customer_id from raw_sms_v1.customers r join loader_registry.landed_files f"
+                     " on f.file_id = r._file_id where f.shop_id = 'shop-1' order by 1") == [("C1",), ("C2",)]
