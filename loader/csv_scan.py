@@ -40,7 +40,11 @@ _NOT_IDENT = re.compile(r"[^a-z0-9]+")
 
 
 class CsvFileError(ValueError):
-    """The file cannot be read as CSV at all (for example an unterminated quote)."""
+    """The file cannot be read as CSV at all (for example a record larger than a block)."""
+
+    def __init__(self, message: str, file_name: str | None = None) -> None:
+        super().__init__(message)
+        self.file_name = file_name
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,14 @@ class FileDigest:
     sha256: str
     records: int
     size: int
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(BLOCK_SIZE):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def count_and_digest(path: Path, header: Header | None) -> FileDigest:

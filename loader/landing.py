@@ -1,10 +1,12 @@
 """Landing: verified files into the contract's raw dataset with dlt, verbatim.
 
-Files are parsed into all-text Arrow batches (see csv_scan), spooled as plain
-CSV chunks with lineage columns, and imported by dlt, whose PostgreSQL loader
-COPYs several chunks in parallel (measured faster than parquet through ADBC). A file
-whose digest was already landed for the same shop and entity is not stored
-again; its earlier rows are reused.
+Two steps, so that nothing is written before a folder is fully checked:
+`prepare` parses each new file once into all-text Arrow batches (see
+csv_scan), counting its records for the manifest check and spooling them as
+plain CSV chunks with lineage; `load` then has dlt COPY the chunks, several in
+parallel (CSV COPY measured faster than parquet through ADBC). A file whose
+digest was already landed for the same shop and entity is not parsed or
+stored again; its earlier rows are reused.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2.extensions
@@ -24,14 +26,14 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from loader.contracts import Contract
-from loader.csv_scan import LINEAGE_COLUMNS, RawTableLayout, iter_raw_batches
+from loader.csv_scan import LINEAGE_COLUMNS, CsvFileError, RawTableLayout, iter_raw_batches
 from loader.database import Warehouse
 from loader.load_key import LoadKey
 from loader.manifest import VerifiedFile
 from loader.progress import Progress
 
 # Spooled CSV chunks hold at most this many rows, and a file is cut into a
-# multiple of the worker count so every parallel COPY stream stays busy.
+# multiple of the worker count so that every parallel COPY stream stays busy.
 CHUNK_MAX_ROWS = 1_000_000
 _PG_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
 
@@ -47,13 +49,48 @@ class LandedFile:
     file_name: str
     sha256: str
     rows: int
+    problem_rows: int
     newly_landed: bool
+
+
+@dataclass
+class PreparedFile:
+    """One verified file: either already landed (reused) or parsed and spooled, waiting for COPY."""
+
+    file: VerifiedFile
+    file_id: int
+    records: int
+    problem_rows: int
+    already_landed: bool
+    retry: bool = False
+    chunks: list[tuple[Path, int]] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    files: list[PreparedFile]
+    work_dir: Path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def _dlt_environment() -> None:
     # dlt reads its settings from the environment; these are the loader's fixed choices.
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     os.environ.setdefault("RESTORE_FROM_DESTINATION", "false")
+
+
+def preload_dlt() -> threading.Thread:
+    """Import dlt in the background: it takes most of a second, which verification can hide."""
+
+    def _import() -> None:
+        _dlt_environment()
+        import dlt.destinations  # noqa: F401
+
+    thread = threading.Thread(target=_import, name="loader-import-dlt", daemon=True)
+    thread.start()
+    return thread
 
 
 def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) -> None:
@@ -74,74 +111,15 @@ def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) 
                 sql.Identifier(f"{entity.name}__file_id"), table))
 
 
-def _claim_file(
-    cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey, vf: VerifiedFile
-) -> tuple[int, bool]:
-    """Return (file_id, must_land). A file left half-landed by a crash is cleared and landed again."""
-    header = {"names": list(vf.header.names), "columns": list(vf.header.columns)} if vf.header else {}
+def _find_landed(
+    cur: psycopg2.extensions.cursor, key: LoadKey, vf: VerifiedFile
+) -> tuple[int, str, int | None, int | None] | None:
     cur.execute(
-        """
-        insert into loader_registry.landed_files
-            (partner_id, shop_id, entity, sha256, contract, raw_table, file_name, first_load_id, header)
-        values (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-        on conflict (partner_id, shop_id, entity, sha256) do nothing
-        returning file_id
-        """,
-        (key.partner_id, key.shop_id, vf.entity.name, vf.digest.sha256, contract.name,
-         f"{contract.raw_dataset}.{vf.entity.name}", vf.path.name, key.load_id, Json(header)),
+        "select file_id, state, rows, problem_rows from loader_registry.landed_files"
+        " where partner_id = %s and shop_id = %s and entity = %s and sha256 = %s",
+        (key.partner_id, key.shop_id, vf.entity.name, vf.sha256),
     )
-    row = cur.fetchone()
-    if row is not None:
-        return row[0], True
-    cur.execute(
-        """
-        select file_id, state from loader_registry.landed_files
-        where partner_id = %s and shop_id = %s and entity = %s and sha256 = %s
-        for update
-        """,
-        (key.partner_id, key.shop_id, vf.entity.name, vf.digest.sha256),
-    )
-    file_id, state = cur.fetchone()
-    if state == "landed":
-        return file_id, False
-    cur.execute(sql.SQL("delete from {} where _file_id = %s").format(
-        sql.Identifier(contract.raw_dataset, vf.entity.name)), (file_id,))
-    return file_id, True
-
-
-def land_files(
-    warehouse: Warehouse,
-    conn: psycopg2.extensions.connection,
-    contract: Contract,
-    key: LoadKey,
-    files: list[VerifiedFile],
-    encoding: str,
-    workers: int,
-    progress: Progress,
-) -> list[LandedFile]:
-    """Land every verified file not already landed; return what each entity now points at."""
-    ensure_raw_tables(conn, contract)
-    claims: list[tuple[VerifiedFile, int, bool]] = []
-    with conn, conn.cursor() as cur:
-        for vf in files:
-            file_id, must_land = _claim_file(cur, contract, key, vf)
-            claims.append((vf, file_id, must_land))
-
-    to_land = [(vf, file_id) for vf, file_id, must in claims if must and vf.digest.records > 0]
-    landed_rows = _run_dlt(warehouse, contract, to_land, encoding, workers, progress) if to_land else {}
-
-    result: list[LandedFile] = []
-    with conn, conn.cursor() as cur:
-        for vf, file_id, must_land in claims:
-            rows = landed_rows.get(file_id, 0) if must_land else vf.digest.records
-            if must_land:
-                cur.execute(
-                    "update loader_registry.landed_files set state = 'landed', rows = %s, landed_at = now() "
-                    "where file_id = %s",
-                    (rows, file_id),
-                )
-            result.append(LandedFile(vf.entity.name, file_id, vf.path.name, vf.digest.sha256, rows, must_land))
-    return result
+    return cur.fetchone()
 
 
 def chunk_rows(records: int, workers: int) -> int:
@@ -149,76 +127,159 @@ def chunk_rows(records: int, workers: int) -> int:
     return max(1, math.ceil(records / (workers * rounds)))
 
 
-def _spool(
-    vf: VerifiedFile, file_id: int, encoding: str, spool_dir: Path, progress: Progress, max_rows: int
-) -> list[tuple[Path, int]]:
-    """Write the file's records, with lineage, as plain CSV chunks that PostgreSQL's COPY reads fastest."""
-    chunks: list[tuple[Path, int]] = []
+def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progress: Progress) -> None:
+    """Parse the file once: count records and flagged rows, and write CSV chunks with lineage."""
+    vf = pf.file
+    max_rows = chunk_rows(vf.manifest_rows, workers)
     writer: pacsv.CSVWriter | None = None
-    progress.file_started(vf.path.name, vf.digest.records)
+    progress.file_started(vf.path.name, vf.manifest_rows)
     try:
-        for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, file_id):
-            if writer is None or chunks[-1][1] >= max_rows:
+        for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
+            if writer is None or pf.chunks[-1][1] >= max_rows:
                 if writer is not None:
                     writer.close()
-                path = spool_dir / f"{vf.entity.name}__{file_id}__{len(chunks)}.csv"
+                path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(pf.chunks)}.csv"
                 writer = pacsv.CSVWriter(path, table.schema)
-                chunks.append((path, 0))
+                pf.chunks.append((path, 0))
             writer.write_table(table)
-            chunks[-1] = (chunks[-1][0], chunks[-1][1] + table.num_rows)
+            pf.chunks[-1] = (pf.chunks[-1][0], pf.chunks[-1][1] + table.num_rows)
+            pf.records += table.num_rows
+            pf.problem_rows += table.num_rows - table.column("_problem").null_count
             progress.advance(table.num_rows)
+    except CsvFileError as exc:
+        raise CsvFileError(str(exc), vf.path.name) from exc
     finally:
         if writer is not None:
             writer.close()
     progress.file_done(vf.path.name)
-    return chunks
+
+
+def prepare(
+    conn: psycopg2.extensions.connection,
+    key: LoadKey,
+    files: list[VerifiedFile],
+    encoding: str,
+    workers: int,
+    progress: Progress,
+) -> Prepared:
+    """Parse and spool every file not landed before; writes nothing to the database.
+
+    Raises CsvFileError for a file the parser cannot read.
+    """
+    prepared = Prepared([], Path(tempfile.mkdtemp(prefix="loader-spool-")))
+    try:
+        with conn, conn.cursor() as cur:
+            for vf in files:
+                found = _find_landed(cur, key, vf)
+                if found is not None and found[1] == "landed":
+                    prepared.files.append(PreparedFile(vf, found[0], found[2] or 0, found[3] or 0, True))
+                    continue
+                if found is not None:
+                    file_id = found[0]
+                else:
+                    cur.execute("select nextval(pg_get_serial_sequence('loader_registry.landed_files', 'file_id'))")
+                    file_id = cur.fetchone()[0]
+                prepared.files.append(PreparedFile(vf, file_id, 0, 0, False, retry=found is not None))
+        for pf in prepared.files:
+            if not pf.already_landed:
+                _spool(pf, encoding, prepared.work_dir, workers, progress)
+    except BaseException:
+        prepared.discard()
+        raise
+    return prepared
+
+
+def _claim(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey, pf: PreparedFile) -> None:
+    """Register the file as landing; a file left half-landed by a crash has its rows cleared first."""
+    vf = pf.file
+    if pf.retry:
+        cur.execute(sql.SQL("delete from {} where _file_id = %s").format(
+            sql.Identifier(contract.raw_dataset, vf.entity.name)), (pf.file_id,))
+        return
+    header = {"names": list(vf.header.names), "columns": list(vf.header.columns)} if vf.header else {}
+    cur.execute(
+        """
+        insert into loader_registry.landed_files
+            (file_id, partner_id, shop_id, entity, sha256, contract, raw_table, file_name, first_load_id, header)
+        overriding system value
+        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        """,
+        (pf.file_id, key.partner_id, key.shop_id, vf.entity.name, vf.sha256, contract.name,
+         f"{contract.raw_dataset}.{vf.entity.name}", vf.path.name, key.load_id, Json(header)),
+    )
+
+
+def load(
+    warehouse: Warehouse,
+    conn: psycopg2.extensions.connection,
+    contract: Contract,
+    key: LoadKey,
+    prepared: Prepared,
+    workers: int,
+    progress: Progress,
+) -> list[LandedFile]:
+    """COPY the spooled chunks into the raw dataset with dlt, then mark the files landed."""
+    try:
+        ensure_raw_tables(conn, contract)
+        new = [pf for pf in prepared.files if not pf.already_landed]
+        with conn, conn.cursor() as cur:
+            for pf in new:
+                _claim(cur, contract, key, pf)
+        chunks = [(pf, path, rows) for pf in new for path, rows in pf.chunks]
+        if chunks:
+            _run_dlt(warehouse, contract, chunks, workers, progress)
+        with conn, conn.cursor() as cur:
+            for pf in new:
+                cur.execute(
+                    "update loader_registry.landed_files set state = 'landed', rows = %s, problem_rows = %s,"
+                    " landed_at = now() where file_id = %s",
+                    (pf.records, pf.problem_rows, pf.file_id),
+                )
+    finally:
+        prepared.discard()
+    return [
+        LandedFile(pf.file.entity.name, pf.file_id, pf.file.path.name, pf.file.sha256, pf.records, pf.problem_rows,
+                   not pf.already_landed)
+        for pf in prepared.files
+    ]
 
 
 def _run_dlt(
     warehouse: Warehouse,
     contract: Contract,
-    to_land: list[tuple[VerifiedFile, int]],
-    encoding: str,
+    chunks: list[tuple[PreparedFile, Path, int]],
     workers: int,
     progress: Progress,
-) -> dict[int, int]:
+) -> None:
     _dlt_environment()
     import dlt
 
+    def hints_for(vf: VerifiedFile) -> object:
+        layout = RawTableLayout.for_file(vf.entity, vf.header)
+        return dlt.mark.make_hints(
+            table_name=vf.entity.name,
+            columns=[{"name": c, "data_type": "text"} for c in layout.data_columns]
+            + [{"name": n, "data_type": "bigint" if t == pa.int64() else "text"} for n, t in LINEAGE_COLUMNS],
+        )
+
     work_dir = Path(tempfile.mkdtemp(prefix="loader-dlt-"))
     try:
-        spool_dir = work_dir / "spool"
-        spool_dir.mkdir()
-        spooled = [(vf, file_id, _spool(vf, file_id, encoding, spool_dir, progress,
-                                              chunk_rows(vf.digest.records, workers))) for vf, file_id in to_land]
-        counts = {file_id: sum(rows for _, rows in chunks) for _, file_id, chunks in spooled}
-
-        def imports(vf: VerifiedFile, chunks: list[tuple[Path, int]]) -> Iterator[object]:
-            layout = RawTableLayout.for_file(vf.entity, vf.header)
-            hints = dlt.mark.make_hints(
-                table_name=vf.entity.name,
-                columns=[{"name": c, "data_type": "text"} for c in layout.data_columns]
-                + [{"name": n, "data_type": "bigint" if t == pa.int64() else "text"} for n, t in LINEAGE_COLUMNS],
-            )
-            for path, rows in chunks:
-                yield dlt.mark.with_file_import(str(path), "csv", rows, hints=hints)
-
         resources = [
-            dlt.resource(imports(vf, chunks), name=f"{vf.entity.name}__{file_id}", write_disposition="append")
-            for vf, file_id, chunks in spooled
+            dlt.resource([dlt.mark.with_file_import(str(path), "csv", rows, hints=hints_for(pf.file))],
+                         name=path.stem, write_disposition="append")
+            for pf, path, rows in chunks
         ]
         pipeline = dlt.pipeline(
             pipeline_name=f"loader_{contract.name}",
-            pipelines_dir=str(work_dir / "pipelines"),
+            pipelines_dir=str(work_dir),
             destination=dlt.destinations.postgres(credentials=warehouse.url),
             dataset_name=contract.raw_dataset,
         )
         pipeline.extract(resources, schema=dlt.Schema(contract.raw_dataset))
         pipeline.normalize()
-        progress.status(f"copying {sum(counts.values()):,} rows into {contract.raw_dataset}")
+        progress.status(f"copying {sum(rows for _, _, rows in chunks):,} rows into {contract.raw_dataset}")
         pipeline.load(workers=workers)
     except Exception as exc:
         raise LandingError(f"landing into {contract.raw_dataset} failed: {exc}") from exc
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return counts

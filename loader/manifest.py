@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loader.contracts import Contract, Entity, load_contract
-from loader.csv_scan import CsvFileError, FileDigest, Header, count_and_digest, read_header
+from loader.csv_scan import CsvFileError, Header, count_and_digest, file_sha256, read_header
 from loader.load_key import LoadKey, LoadKeyError
 from loader.partners import PartnerSettings
 
@@ -58,11 +58,14 @@ class Problem:
 
 @dataclass(frozen=True)
 class VerifiedFile:
+    """A file whose digest matches the manifest. `records` is None until the file has been parsed."""
+
     entity: Entity
     path: Path
     manifest_rows: int
-    digest: FileDigest
+    sha256: str
     header: Header | None
+    records: int | None
 
 
 @dataclass
@@ -159,26 +162,40 @@ def _match_files(
     return matched, problems
 
 
+def record_count_problems(vf: VerifiedFile, records: int) -> list[Problem]:
+    """The manifest's promise about a file's records, checked once they are counted."""
+    name, entity = vf.path.name, vf.entity
+    problems = []
+    if records != vf.manifest_rows:
+        problems.append(Problem("row_count", f"has {records} data records, manifest.json says {vf.manifest_rows}",
+                                file=name, entity=entity.name))
+    if records < entity.min_rows:
+        problems.append(Problem("empty_file", f"must hold at least {entity.min_rows} data record(s)",
+                                file=name, entity=entity.name))
+    return problems
+
+
 def _check_file(
-    entity: Entity, path: Path, entry: ManifestFile, settings: PartnerSettings
+    entity: Entity, path: Path, entry: ManifestFile, settings: PartnerSettings, count_records: bool
 ) -> tuple[VerifiedFile | None, list[Problem], list[Problem]]:
     name = path.name
     refusals: list[Problem] = []
     findings: list[Problem] = []
     try:
         header = read_header(path, settings.encoding, entity)
-        digest = count_and_digest(path, header)
+        if count_records:
+            digest = count_and_digest(path, header)
+            sha256, records = digest.sha256, digest.records
+        else:
+            sha256, records = file_sha256(path), None
     except (CsvFileError, OSError) as exc:
         return None, [Problem("csv", f"cannot be read as CSV: {exc}", file=name, entity=entity.name)], []
-    if digest.sha256 != entry.sha256:
-        refusals.append(Problem("digest", f"sha256 is {digest.sha256}, manifest.json says {entry.sha256}",
+    if sha256 != entry.sha256:
+        refusals.append(Problem("digest", f"sha256 is {sha256}, manifest.json says {entry.sha256}",
                                 file=name, entity=entity.name))
-    if digest.records != entry.rows:
-        refusals.append(Problem("row_count", f"has {digest.records} data records, manifest.json says {entry.rows}",
-                                file=name, entity=entity.name))
-    if digest.records < entity.min_rows:
-        refusals.append(Problem("empty_file", f"must hold at least {entity.min_rows} data record(s)",
-                                file=name, entity=entity.name))
+    verified = VerifiedFile(entity, path, entry.rows, sha256, header, records)
+    if records is not None:
+        refusals += record_count_problems(verified, records)
     if header is not None:
         for col in header.duplicates:
             refusals.append(Problem("duplicate_column", f"column {col!r} appears more than once in the header",
@@ -190,15 +207,22 @@ def _check_file(
             findings.append(Problem("unknown_column", f"column {original!r} is not in contract; kept in the raw "
                                     f"layer as {column}", file=name, field=original, severity="warning",
                                     entity=entity.name))
-    return VerifiedFile(entity, path, entry.rows, digest, header), refusals, findings
+    return verified, refusals, findings
 
 
 def verify_folder(
     folder: Path,
     settings_for: Callable[[str], PartnerSettings],
     on_file: Callable[[str], None] | None = None,
+    *,
+    count_records: bool = True,
 ) -> Verification:
-    """Check a load folder end to end; never raises on bad input."""
+    """Check a load folder; never raises on bad input.
+
+    With `count_records=False` files are only hashed, and the caller must check
+    record counts (record_count_problems) before writing anything: the landing
+    step counts while it parses, which saves a whole pass over the data.
+    """
     result = Verification(folder=folder)
     try:
         result.key = LoadKey.from_folder(folder)
@@ -233,7 +257,7 @@ def verify_folder(
         _, path, entry = matched[entity.name]
         if on_file:
             on_file(path.name)
-        verified, refusals, findings = _check_file(entity, path, entry, settings)
+        verified, refusals, findings = _check_file(entity, path, entry, settings, count_records)
         result.refusals += refusals
         result.findings += findings
         if verified is not None:

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2.extensions
-from psycopg2 import sql
 
+from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
-from loader.landing import LandedFile, LandingError, land_files
-from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, verify_folder
+from loader.landing import LandedFile, LandingError, load, preload_dlt, prepare
+from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
 from loader.partners import PartnersFile
 from loader.progress import Progress
 from loader.registry import RunStatus, record_problems, set_status, shop_lock, start_run
@@ -42,20 +42,14 @@ def _parts_of(folder: Path) -> tuple[str, str, str]:
     return parts[-3], parts[-2], parts[-1]
 
 
-def _row_problem_counts(
-    conn: psycopg2.extensions.connection, landed: list[LandedFile], raw_dataset: str
-) -> int:
-    """Rows the parser flagged (ragged or undecodable): each is an error for validation."""
-    total = 0
-    with conn, conn.cursor() as cur:
-        for lf in landed:
-            cur.execute(
-                sql.SQL("select count(*) from {} where _file_id = %s and _problem is not null").format(
-                    sql.Identifier(raw_dataset, lf.entity)),
-                (lf.file_id,),
-            )
-            total += cur.fetchone()[0]
-    return total
+def _refuse(
+    conn: psycopg2.extensions.connection, run_id: int, verification: Verification, problems: list[Problem]
+) -> RunOutcome:
+    verification.refusals += problems
+    record_problems(conn, run_id, verification.refusals + verification.findings)
+    reason = f"refused: {len(verification.refusals)} problem(s) with the folder"
+    set_status(conn, run_id, "rejected", reason, error_count=len(verification.refusals))
+    return RunOutcome(run_id, "rejected", verification, message=reason)
 
 
 def run_load(
@@ -68,9 +62,11 @@ def run_load(
     land_workers: int = 2,
 ) -> RunOutcome:
     ensure_registry(warehouse)
+    preload_dlt()
     with contextlib.closing(warehouse.connect()) as conn:
         progress.status(f"verifying {folder}")
-        verification = verify_folder(folder, partners.for_partner,
+        # Record counts are checked below, from the landing parse, before anything is written.
+        verification = verify_folder(folder, partners.for_partner, count_records=False,
                                      on_file=lambda name: progress.status(f"checking {name}"))
         contract_name = verification.contract.name if verification.contract else DEFAULT_CONTRACT
         parts = (
@@ -79,19 +75,27 @@ def run_load(
         )
         run_id = start_run(conn, parts, contract_name, triggered_by, os.fspath(folder.absolute()))
         if not verification.ok:
-            record_problems(conn, run_id, verification.refusals + verification.findings)
-            reason = f"refused: {len(verification.refusals)} problem(s) with the folder"
-            set_status(conn, run_id, "rejected", reason, error_count=len(verification.refusals))
-            return RunOutcome(run_id, "rejected", verification, message=reason)
+            # A refused folder is not landed, so count its records here to report every problem at once.
+            verification = verify_folder(folder, partners.for_partner, count_records=True)
+            return _refuse(conn, run_id, verification, [])
 
         assert verification.key is not None and verification.contract is not None
         key, contract = verification.key, verification.contract
         settings = partners.for_partner(key.partner_id)
-        record_problems(conn, run_id, verification.findings)
         with contextlib.closing(warehouse.connect()) as lock_conn, shop_lock(lock_conn, key):
             try:
-                landed = land_files(warehouse, conn, contract, key, verification.files, settings.encoding,
-                                    land_workers, progress)
+                prepared = prepare(conn, key, verification.files, settings.encoding, land_workers, progress)
+            except CsvFileError as exc:
+                return _refuse(conn, run_id, verification,
+                               [Problem("csv", f"cannot be read as CSV: {exc}", file=exc.file_name)])
+            counts = [p for pf in prepared.files for p in record_count_problems(pf.file, pf.records)]
+            if counts:
+                prepared.discard()
+                return _refuse(conn, run_id, verification, counts)
+
+            record_problems(conn, run_id, verification.findings)
+            try:
+                landed = load(warehouse, conn, contract, key, prepared, land_workers, progress)
             except LandingError as exc:
                 log.exception("landing failed")
                 set_status(conn, run_id, "failed", str(exc)[:2000])
@@ -104,7 +108,7 @@ def run_load(
                      for lf, vf in zip(landed, verification.files, strict=True)],
                 )
             errors = sum(1 for p in verification.findings if p.severity == "error")
-            errors += _row_problem_counts(conn, landed, contract.raw_dataset)
+            errors += sum(lf.problem_rows for lf in landed)
             warnings = sum(1 for p in verification.findings if p.severity == "warning")
             set_status(conn, run_id, "completed", "landed in " + contract.raw_dataset,
                        error_count=errors, warning_count=warnings)

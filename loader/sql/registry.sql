@@ -81,11 +81,14 @@ create table if not exists loader_registry.landed_files (
     file_name text not null,
     first_load_id text not null,
     rows bigint,
+    problem_rows bigint,
     header jsonb not null,
     state text not null default 'landing' check (state in ('landing', 'landed')),
     landed_at timestamptz,
     constraint landed_files_once unique (partner_id, shop_id, entity, sha256)
 );
+
+alter table loader_registry.landed_files add column if not exists problem_rows bigint;
 
 -- Which landed file a run used for each entity (a rerun points at the same file_id).
 create table if not exists loader_registry.run_files (
