@@ -16,6 +16,8 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from loader.progress import Progress
 # Spooled CSV chunks hold at most this many rows, and a file is cut into a
 # multiple of the worker count so that every parallel COPY stream stays busy.
 CHUNK_MAX_ROWS = 1_000_000
+SPOOL_IN_FLIGHT = 4
 _PG_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
 
 
@@ -128,29 +131,40 @@ def chunk_rows(records: int, workers: int) -> int:
 
 
 def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progress: Progress) -> None:
-    """Parse the file once: count records and flagged rows, and write CSV chunks with lineage."""
+    """Parse the file once: count records and flagged rows, and write CSV chunks with lineage.
+
+    Writing happens on a second thread (pyarrow releases the GIL), so the CSV
+    writer works on one batch while the parser reads the next.
+    """
     vf = pf.file
     max_rows = chunk_rows(vf.manifest_rows, workers)
-    writer: pacsv.CSVWriter | None = None
     progress.file_started(vf.path.name, vf.manifest_rows)
-    try:
-        for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
-            if writer is None or pf.chunks[-1][1] >= max_rows:
-                if writer is not None:
-                    writer.close()
-                path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(pf.chunks)}.csv"
-                writer = pacsv.CSVWriter(path, table.schema)
-                pf.chunks.append((path, 0))
-            writer.write_table(table)
-            pf.chunks[-1] = (pf.chunks[-1][0], pf.chunks[-1][1] + table.num_rows)
-            pf.records += table.num_rows
-            pf.problem_rows += table.num_rows - table.column("_problem").null_count
-            progress.advance(table.num_rows)
-    except CsvFileError as exc:
-        raise CsvFileError(str(exc), vf.path.name) from exc
-    finally:
-        if writer is not None:
-            writer.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader-spool") as pool:
+        pending: deque[Future[None]] = deque()
+        writer: pacsv.CSVWriter | None = None
+        try:
+            for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
+                if writer is None or pf.chunks[-1][1] >= max_rows:
+                    if writer is not None:
+                        pending.append(pool.submit(writer.close))
+                    path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(pf.chunks)}.csv"
+                    writer = pacsv.CSVWriter(path, table.schema)
+                    pf.chunks.append((path, 0))
+                pending.append(pool.submit(writer.write_table, table))
+                # A few batches in flight at most, so memory stays flat.
+                while len(pending) > SPOOL_IN_FLIGHT:
+                    pending.popleft().result()
+                pf.chunks[-1] = (pf.chunks[-1][0], pf.chunks[-1][1] + table.num_rows)
+                pf.records += table.num_rows
+                pf.problem_rows += table.num_rows - table.column("_problem").null_count
+                progress.advance(table.num_rows)
+        except CsvFileError as exc:
+            raise CsvFileError(str(exc), vf.path.name) from exc
+        finally:
+            if writer is not None:
+                pending.append(pool.submit(writer.close))
+            for future in pending:
+                future.result()
     progress.file_done(vf.path.name)
 
 
