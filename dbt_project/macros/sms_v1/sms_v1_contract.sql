@@ -1,0 +1,110 @@
+{#-
+    The sms_v1 columns and their validation rules, per entity, for the staging
+    models. This mirrors loader/contracts/sms_v1.yaml (Jinja cannot read that
+    file) and is the only place in the dbt project that names them: change
+    both together. Keys per column: type (id, text, email, phone, vin, int,
+    decimal, money, date, datetime, enum), required, values (enum), default,
+    min, max_years_ahead (upper bound relative to the current year, exclusive),
+    nonzero, sum_of (the columns this total must add up to).
+    `phone` typed columns get the short_phone warning; suppliers' phone is
+    plain text in the contract, so it does not.
+-#}
+{%- macro sms_v1_contract() -%}
+    {% do return({
+        'customers': {
+            'columns': [
+                {'name': 'external_customer_id', 'type': 'id', 'required': true},
+                {'name': 'first_name', 'type': 'text'},
+                {'name': 'last_name', 'type': 'text'},
+                {'name': 'company_name', 'type': 'text'},
+                {'name': 'email', 'type': 'email'},
+                {'name': 'phone', 'type': 'phone'},
+                {'name': 'address_line1', 'type': 'text'},
+                {'name': 'address_line2', 'type': 'text'},
+                {'name': 'city', 'type': 'text'},
+                {'name': 'state', 'type': 'text'},
+                {'name': 'postal_code', 'type': 'text'},
+                {'name': 'created_at', 'type': 'datetime'},
+            ],
+            'required_one_of': [
+                {'columns': ['last_name', 'company_name'], 'report_field': 'last_name'},
+            ],
+        },
+        'vehicles': {
+            'columns': [
+                {'name': 'external_vehicle_id', 'type': 'id', 'required': true},
+                {'name': 'external_customer_id', 'type': 'id', 'required': true},
+                {'name': 'vin', 'type': 'vin'},
+                {'name': 'year', 'type': 'int', 'min': 1886, 'max_years_ahead': 2},
+                {'name': 'make', 'type': 'text'},
+                {'name': 'model', 'type': 'text'},
+                {'name': 'trim', 'type': 'text'},
+                {'name': 'color', 'type': 'text'},
+                {'name': 'license_plate', 'type': 'text'},
+                {'name': 'license_state', 'type': 'text'},
+                {'name': 'odometer', 'type': 'int', 'min': 0},
+            ],
+        },
+        'invoices': {
+            'columns': [
+                {'name': 'external_invoice_id', 'type': 'id', 'required': true},
+                {'name': 'external_customer_id', 'type': 'id', 'required': true},
+                {'name': 'external_vehicle_id', 'type': 'id'},
+                {'name': 'invoice_number', 'type': 'text', 'required': true},
+                {'name': 'document_type', 'type': 'enum', 'values': ['estimate', 'repair_order', 'invoice'], 'default': 'invoice'},
+                {'name': 'status', 'type': 'enum', 'values': ['open', 'closed', 'void'], 'required': true},
+                {'name': 'invoice_date', 'type': 'date', 'required': true},
+                {'name': 'subtotal', 'type': 'money'},
+                {'name': 'tax_total', 'type': 'money'},
+                {'name': 'total', 'type': 'money', 'sum_of': ['subtotal', 'tax_total']},
+                {'name': 'odometer_in', 'type': 'int', 'min': 0},
+            ],
+        },
+        'line_items': {
+            'columns': [
+                {'name': 'external_dataline_id', 'type': 'id', 'required': true},
+                {'name': 'external_invoice_id', 'type': 'id', 'required': true},
+                {'name': 'external_parent_dataline_id', 'type': 'id'},
+                {'name': 'line_type', 'type': 'enum', 'values': ['labor', 'part', 'fee', 'sublet', 'comment'], 'required': true},
+                {'name': 'description', 'type': 'text'},
+                {'name': 'part_number', 'type': 'text'},
+                {'name': 'quantity', 'type': 'decimal'},
+                {'name': 'unit_price', 'type': 'money'},
+                {'name': 'line_total', 'type': 'money'},
+            ],
+        },
+        'payments': {
+            'columns': [
+                {'name': 'external_payment_id', 'type': 'id', 'required': true},
+                {'name': 'external_invoice_id', 'type': 'id', 'required': true},
+                {'name': 'payment_date', 'type': 'date', 'required': true},
+                {'name': 'amount', 'type': 'money', 'required': true, 'nonzero': true},
+                {'name': 'method', 'type': 'enum', 'values': ['cash', 'check', 'card', 'ach', 'other'], 'required': true},
+                {'name': 'reference', 'type': 'text'},
+            ],
+        },
+        'inventory_parts': {
+            'columns': [
+                {'name': 'external_part_id', 'type': 'id', 'required': true},
+                {'name': 'part_number', 'type': 'text', 'required': true},
+                {'name': 'description', 'type': 'text'},
+                {'name': 'quantity_on_hand', 'type': 'decimal'},
+                {'name': 'cost', 'type': 'money'},
+                {'name': 'price', 'type': 'money'},
+            ],
+        },
+        'suppliers': {
+            'columns': [
+                {'name': 'external_supplier_id', 'type': 'id', 'required': true},
+                {'name': 'name', 'type': 'text', 'required': true},
+                {'name': 'phone', 'type': 'text'},
+                {'name': 'email', 'type': 'email'},
+                {'name': 'account_number', 'type': 'text'},
+                {'name': 'address_line1', 'type': 'text'},
+                {'name': 'city', 'type': 'text'},
+                {'name': 'state', 'type': 'text'},
+                {'name': 'postal_code', 'type': 'text'},
+            ],
+        },
+    }) %}
+{%- endmacro -%}

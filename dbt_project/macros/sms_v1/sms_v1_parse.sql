@@ -1,0 +1,185 @@
+{#-
+    Value parsers shared by the staging models and the row exceptions. Each
+    takes a SQL expression holding an already trimmed text value (NULL when
+    empty) and never raises, whatever the text: a partner's bad value must
+    become an exception row, not a failed build. So every cast is guarded by
+    a regex or a calendar check evaluated inside a `case`, which PostgreSQL
+    guarantees to evaluate before the branch that casts.
+-#}
+
+{%- macro sms_clean(column_name) -%}
+    nullif(trim("{{ column_name }}"), '')
+{%- endmacro -%}
+
+{#- Up to 18 digits always fits a bigint, so the cast cannot overflow. #}
+{%- macro sms_is_int(value) -%}
+    ({{ value }} ~ '^-?[0-9]{1,18}$')
+{%- endmacro -%}
+
+{%- macro sms_is_decimal(value) -%}
+    ({{ value }} ~ '^-?([0-9]+|[0-9]*\.[0-9]+)$')
+{%- endmacro -%}
+
+{#- Money parses as a decimal; more than 2 decimals is a format error, not a type error. #}
+{%- macro sms_has_money_scale(value) -%}
+    ({{ value }} !~ '\.[0-9]{3,}$')
+{%- endmacro -%}
+
+{#-
+    How dates are written: ISO 8601 unless the partner's strftime format is
+    passed as var `date_format` (for example %m/%d/%Y). Returns the regex that
+    captures the parts, which capture group holds the year, month and day,
+    the equivalent PostgreSQL to_date() pattern and a label for messages.
+-#}
+{%- macro sms_date_format() -%}
+    {% set strftime = var('date_format', none) %}
+    {#
+        partners.yml only accepts formats holding a day, a month and a
+        four-digit year, so one without a directive (such as sqlfluff's
+        stand-in for var()) is read as ISO. ISO 8601 insists on two-digit
+        months and days, unlike strptime.
+    #}
+    {% if not strftime or '%' not in strftime or strftime == '%Y-%m-%d' %}
+        {% do return({
+            'regex': '^([0-9]{4})-([0-9]{2})-([0-9]{2})$',
+            'pg_pattern': 'YYYY-MM-DD',
+            'parts': {'year': 1, 'month': 2, 'day': 3},
+            'label': 'YYYY-MM-DD',
+        }) %}
+    {% endif %}
+    {% set directives = {
+        'Y': ('([0-9]{4})', 'YYYY', 'year'),
+        'm': ('([0-9]{1,2})', 'MM', 'month'),
+        'd': ('([0-9]{1,2})', 'DD', 'day'),
+    } %}
+    {% set ns = namespace(regex='^', pg_pattern='', group=0, parts={}, directive=false) %}
+    {% for char in strftime %}
+        {% if ns.directive %}
+            {% if char not in directives %}
+                {% do exceptions.raise_compiler_error(
+                    "date_format " ~ strftime ~ ": only %Y, %m and %d are supported"
+                ) %}
+            {% endif %}
+            {% set ns.group = ns.group + 1 %}
+            {% set ns.regex = ns.regex ~ directives[char][0] %}
+            {% set ns.pg_pattern = ns.pg_pattern ~ directives[char][1] %}
+            {% do ns.parts.update({directives[char][2]: ns.group}) %}
+            {% set ns.directive = false %}
+        {% elif char == '%' %}
+            {% set ns.directive = true %}
+        {% else %}
+            {# Punctuation is escaped for the regex; letters are quoted for to_date. #}
+            {% set ns.regex = ns.regex ~ (char if char.isalnum() or char == ' ' else '\\' ~ char) %}
+            {% set ns.pg_pattern = ns.pg_pattern ~ ('"' ~ char ~ '"' if char.isalpha() else char) %}
+        {% endif %}
+    {% endfor %}
+    {% do return({
+        'regex': ns.regex ~ '$',
+        'pg_pattern': ns.pg_pattern,
+        'parts': ns.parts,
+        'label': strftime,
+    }) %}
+{%- endmacro -%}
+
+{%- macro sms_sql_string(text) -%}
+    '{{ text | replace("'", "''") }}'
+{%- endmacro -%}
+
+{#-
+    A calendar check in plain arithmetic: casting '2024-02-30' would raise,
+    and make_date() raises too, so the day is compared with the month's length.
+-#}
+{%- macro sms_is_calendar_date(year, month, day) -%}
+    coalesce(
+        {{ year }} between 1 and 9999
+        and {{ month }} between 1 and 12
+        and {{ day }} between 1 and case
+            when {{ month }} in (4, 6, 9, 11) then 30
+            when {{ month }} <> 2 then 31
+            when ({{ year }} % 4 = 0 and {{ year }} % 100 <> 0) or {{ year }} % 400 = 0 then 29
+            else 28
+        end,
+        false
+    )
+{%- endmacro -%}
+
+{%- macro sms_date_part(value, fmt, part) -%}
+    (regexp_match({{ value }}, {{ sms_sql_string(fmt.regex) }}))[{{ fmt.parts[part] }}]::int
+{%- endmacro -%}
+
+{%- macro sms_is_date(value) -%}
+    {%- set fmt = sms_date_format() -%}
+    {{ sms_is_calendar_date(
+        sms_date_part(value, fmt, 'year'),
+        sms_date_part(value, fmt, 'month'),
+        sms_date_part(value, fmt, 'day')
+    ) }}
+{%- endmacro -%}
+
+{%- macro sms_to_date(value) -%}
+    {%- set fmt = sms_date_format() -%}
+    case when {{ sms_is_date(value) }} then to_date({{ value }}, {{ sms_sql_string(fmt.pg_pattern) }}) end
+{%- endmacro -%}
+
+{#- ISO 8601 date-time: a date, optionally a time, optionally Z or a +hh[:mm] offset. #}
+{%- macro sms_datetime_regex() -%}
+    '^([0-9]{4})-([0-9]{2})-([0-9]{2})([T ]([0-9]{2}):([0-9]{2})(:([0-9]{2})(\.[0-9]{1,6})?)?)?(Z|[+-]([0-9]{2})(:?([0-9]{2}))?)?$'
+{%- endmacro -%}
+
+{%- macro sms_is_datetime(value) -%}
+    {%- set part -%}(regexp_match({{ value }}, {{ sms_datetime_regex() }})){%- endset -%}
+    (
+        {{ sms_is_calendar_date(part ~ '[1]::int', part ~ '[2]::int', part ~ '[3]::int') }}
+        and coalesce({{ part }}[5]::int, 0) <= 23
+        and coalesce({{ part }}[6]::int, 0) <= 59
+        and coalesce({{ part }}[8]::int, 0) <= 59
+        {#- PostgreSQL accepts offsets up to 15:59. #}
+        and coalesce({{ part }}[11]::int, 0) <= 15
+        and coalesce({{ part }}[13]::int, 0) <= 59
+    )
+{%- endmacro -%}
+
+{#- A date-time without an offset is read as UTC, whatever the session's time zone. #}
+{%- macro sms_to_datetime(value) -%}
+    case
+        when not {{ sms_is_datetime(value) }} then null
+        when {{ value }} ~ '(Z|[+-][0-9]{2}(:?[0-9]{2})?)$' then ({{ value }})::timestamptz
+        else ({{ value }})::timestamp at time zone 'UTC'
+    end
+{%- endmacro -%}
+
+{%- macro sms_is_email(value) -%}
+    (lower({{ value }}) ~ '^[a-z0-9._%+''-]+@[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.[a-z]{2,}$')
+{%- endmacro -%}
+
+{#- 17 characters; I, O and Q are never used, so they cannot be mistaken for 1 and 0. #}
+{%- macro sms_is_vin(value) -%}
+    (upper({{ value }}) ~ '^[A-HJ-NPR-Z0-9]{17}$')
+{%- endmacro -%}
+
+{#-
+    ISO 3779 check digit (position 9) of a well-formed VIN: letters take their
+    transliteration values, each position its weight, and the sum modulo 11
+    is the digit (10 is written X).
+-#}
+{%- macro sms_vin_check_digit(value) -%}
+    {%- set weights = [8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2] -%}
+    {%- set digits -%}
+        translate(upper({{ value }}), 'ABCDEFGHJKLMNPRSTUVWXYZ', '12345678123457923456789')
+    {%- endset -%}
+    substr('0123456789X', ((
+        {%- for weight in weights %}{% if weight %}
+        {{ '+ ' if not loop.first }}substr({{ digits }}, {{ loop.index }}, 1)::int * {{ weight }}
+        {%- endif %}{% endfor %}
+    ) % 11) + 1, 1)
+{%- endmacro -%}
+
+{#- Digits only, a leading + kept: how phones are stored. #}
+{%- macro sms_phone_digits(value) -%}
+    {%- set digits %}regexp_replace({{ value }}, '[^0-9]', '', 'g'){% endset -%}
+    case
+        when {{ digits }} = '' then null
+        when {{ value }} like '+%' then '+' || {{ digits }}
+        else {{ digits }}
+    end
+{%- endmacro -%}

@@ -1,0 +1,168 @@
+{#-
+    Builders of the staging models: which raw rows a run reads, the cleaned
+    text of each contract column, its typed value, and the row exceptions.
+    They loop over sms_v1_contract(), so a column or rule is added there once.
+-#}
+
+{#-
+    The raw rows of the file a run used for an entity. Raw tables hold every
+    file ever landed; an identical rerun points at the same file_id, so the
+    run registry, not the load key, says which rows belong to a run.
+-#}
+{%- macro sms_v1_run_rows(entity) -%}
+    {%- set run_id = var('run_id', none) %}
+    {#- The id is pasted into SQL: only digits may get there. #}
+    {%- if execute and (run_id is none or not (run_id | string).isdigit()) %}
+        {% do exceptions.raise_compiler_error(
+            "staging needs the run to validate: --vars '{run_id: N}', got " ~ run_id
+        ) %}
+    {%- endif %}
+    select *
+    from {{ source('raw_sms_v1', entity) }}
+    where _file_id = (
+        select run_files.file_id
+        from {{ source('loader_registry', 'run_files') }} as run_files
+        where run_files.run_id = {{ run_id }} and run_files.entity = {{ sms_sql_string(entity) }}
+    )
+{%- endmacro -%}
+
+{#-
+    Lineage plus every contract column trimmed, an empty value as NULL, and
+    the columns an encoding problem makes untrustworthy.
+-#}
+{%- macro sms_v1_cleaned(relation, entity) -%}
+    select
+        _file_id as file_id,
+        _row_number as row_number,
+        _line_number as line_number,
+        _problem as problem,
+        _raw_record as raw_record,
+        case
+            when _problem = 'encoding' then string_to_array(_problem_detail, ',')
+            else array[]::text []
+        end as encoding_fields,
+        {%- for column in sms_v1_contract()[entity].columns %}
+        {{ sms_clean(column.name) }} as "{{ column.name }}"{{ ',' if not loop.last }}
+        {%- endfor %}
+    from {{ relation }}
+{%- endmacro -%}
+
+{#- The stored value of a cleaned column: normalised, typed, NULL when it does not parse. #}
+{%- macro sms_typed_value(column) -%}
+    {%- set value = '"' ~ column.name ~ '"' -%}
+    {%- if column.type == 'int' -%}
+        case when {{ sms_is_int(value) }} then ({{ value }})::bigint end
+    {%- elif column.type == 'decimal' -%}
+        case when {{ sms_is_decimal(value) }} then ({{ value }})::numeric end
+    {%- elif column.type == 'money' -%}
+        {#- round() gives every amount a scale of 2 (10.5 is stored 10.50) without a precision to overflow. #}
+        case when {{ sms_is_decimal(value) }} and {{ sms_has_money_scale(value) }} then round(({{ value }})::numeric, 2) end
+    {%- elif column.type == 'date' -%}
+        {{ sms_to_date(value) }}
+    {%- elif column.type == 'datetime' -%}
+        {{ sms_to_datetime(value) }}
+    {%- elif column.type == 'email' -%}
+        lower({{ value }})
+    {%- elif column.type == 'vin' -%}
+        upper({{ value }})
+    {%- elif column.type == 'phone' -%}
+        {{ sms_phone_digits(value) }}
+    {%- elif column.type == 'enum' -%}
+        case
+            when lower({{ value }}) in ({{ sms_sql_list(column['values']) }}) then lower({{ value }})
+            {%- if column.default %}
+            when {{ value }} is null then {{ sms_sql_string(column.default) }}
+            {%- endif %}
+        end
+    {%- else -%}
+        {{ value }}
+    {%- endif -%}
+{%- endmacro -%}
+
+{%- macro sms_v1_typed_columns(entity) -%}
+    {%- for column in sms_v1_contract()[entity].columns %}
+        {{ sms_typed_value(column) }} as "{{ column.name }}"{{ ',' if not loop.last }}
+    {%- endfor %}
+{%- endmacro -%}
+
+{#-
+    One row per (row, rule) broken, for the row-level rules. A ragged record's
+    fields cannot be trusted, so it gets that rule only; a field with
+    undecodable bytes gets `encoding` and no other rule.
+-#}
+{%- macro sms_v1_row_exceptions(relation, entity) -%}
+    {%- set spec = sms_v1_contract()[entity] %}
+    select
+        {{ sms_sql_string(entity) }} as entity,
+        row_number,
+        line_number,
+        '' as field,
+        'ragged' as rule,
+        'error' as severity,
+        raw_record as value,
+        'the record has more or fewer fields than the header' as message
+    from {{ relation }}
+    where problem = 'ragged'
+
+    union all
+
+    select
+        {{ sms_sql_string(entity) }} as entity,
+        cleaned.row_number,
+        cleaned.line_number,
+        bad.field,
+        'encoding' as rule,
+        'error' as severity,
+        case bad.field
+            {%- for column in spec.columns %}
+            when {{ sms_sql_string(column.name) }} then cleaned."{{ column.name }}"
+            {%- endfor %}
+        end as value,
+        bad.field || ' has bytes that do not decode in the declared encoding' as message
+    from {{ relation }} as cleaned
+    cross join lateral unnest(cleaned.encoding_fields) as bad (field)
+
+    {%- for group in spec.get('required_one_of', []) %}
+    {%- set check = sms_rule_required_one_of(group) %}
+
+    union all
+
+    {{ sms_v1_exception_select(relation, entity, group.report_field, check, 'null') }}
+        and not encoding_fields && array[{{ sms_sql_list(group.columns) }}]
+    {%- endfor %}
+
+    {%- for column in spec.columns %}
+    {%- set checks = [
+        sms_rule_required(column),
+        sms_rule_type(column),
+        sms_rule_format(column),
+        sms_rule_range(column),
+        sms_rule_enum(column),
+        sms_rule_vin_check_digit(column),
+        sms_rule_short_phone(column),
+        sms_rule_total_mismatch(column, spec),
+    ] %}
+    {%- for check in checks if check %}
+
+    union all
+
+    {{ sms_v1_exception_select(relation, entity, column.name, check, '"' ~ column.name ~ '"') }}
+        and not {{ sms_sql_string(column.name) }} = any(encoding_fields)
+    {%- endfor %}
+    {%- endfor %}
+{%- endmacro -%}
+
+{%- macro sms_v1_exception_select(relation, entity, field, check, value) -%}
+    select
+        {{ sms_sql_string(entity) }} as entity,
+        row_number,
+        line_number,
+        {{ sms_sql_string(field) }} as field,
+        {{ sms_sql_string(check.rule) }} as rule,
+        {{ sms_sql_string(check.severity) }} as severity,
+        {{ value }} as value,
+        {{ check.message }} as message
+    from {{ relation }}
+    where problem is distinct from 'ragged'
+        and ({{ check.violated }})
+{%- endmacro -%}

@@ -1,0 +1,18 @@
+-- Row-level rule violations in the inventory_parts of one run (var run_id), one row per
+-- (row, rule): computed from the raw text because a typed NULL cannot tell an
+-- empty value from one that did not parse.
+with
+
+raw_inventory_parts as (
+    {{ sms_v1_run_rows('inventory_parts') }}
+),
+
+cleaned as (
+    {{ sms_v1_cleaned('raw_inventory_parts', 'inventory_parts') }}
+),
+
+exceptions as (
+    {{ sms_v1_row_exceptions('cleaned', 'inventory_parts') }}
+)
+
+select * from exceptions

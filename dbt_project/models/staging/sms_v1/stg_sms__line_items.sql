@@ -1,0 +1,23 @@
+-- The line_items of one run (var run_id): one row per raw record, values trimmed,
+-- normalised and typed. A value that does not parse is NULL here and has a row
+-- in stg_sms__line_items_exceptions, which decides whether the row may load.
+with
+
+raw_line_items as (
+    {{ sms_v1_run_rows('line_items') }}
+),
+
+cleaned as (
+    {{ sms_v1_cleaned('raw_line_items', 'line_items') }}
+),
+
+typed as (
+    select
+        file_id,
+        row_number,
+        line_number,
+        {{ sms_v1_typed_columns('line_items') }}
+    from cleaned
+)
+
+select * from typed

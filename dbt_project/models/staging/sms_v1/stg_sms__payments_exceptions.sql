@@ -1,0 +1,18 @@
+-- Row-level rule violations in the payments of one run (var run_id), one row per
+-- (row, rule): computed from the raw text because a typed NULL cannot tell an
+-- empty value from one that did not parse.
+with
+
+raw_payments as (
+    {{ sms_v1_run_rows('payments') }}
+),
+
+cleaned as (
+    {{ sms_v1_cleaned('raw_payments', 'payments') }}
+),
+
+exceptions as (
+    {{ sms_v1_row_exceptions('cleaned', 'payments') }}
+)
+
+select * from exceptions

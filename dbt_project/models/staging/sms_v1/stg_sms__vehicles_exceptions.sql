@@ -1,0 +1,18 @@
+-- Row-level rule violations in the vehicles of one run (var run_id), one row per
+-- (row, rule): computed from the raw text because a typed NULL cannot tell an
+-- empty value from one that did not parse.
+with
+
+raw_vehicles as (
+    {{ sms_v1_run_rows('vehicles') }}
+),
+
+cleaned as (
+    {{ sms_v1_cleaned('raw_vehicles', 'vehicles') }}
+),
+
+exceptions as (
+    {{ sms_v1_row_exceptions('cleaned', 'vehicles') }}
+)
+
+select * from exceptions
