@@ -103,7 +103,8 @@ def _child(folder: str, url: str, queue: mp.Queue) -> None:
     with open(os.devnull, "w") as quiet:
         start = time.perf_counter()
         outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench",
-                           progress=LogProgress(quiet), land_workers=LoaderSettings().land_workers)
+                           progress=LogProgress(quiet), home=DATA / ".loader",
+                           land_workers=LoaderSettings().land_workers, transform=False)
         elapsed = time.perf_counter() - start
     queue.put((outcome.status, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from loader import reports
+from loader.contracts import load_contract
 from loader.database import Warehouse, ensure_registry, psql_binary, resolve_warehouse
 from loader.load_key import LoadKey, LoadKeyError
 from loader.partners import PartnerSettingsError, load_partners
@@ -80,10 +82,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = make_progress()
     try:
         outcome = run_load(warehouse, partners, Path(args.path), triggered_by=args.triggered_by,
-                           progress=progress, land_workers=settings.land_workers)
+                           progress=progress, home=settings.home_dir, land_workers=settings.land_workers,
+                           transform=not getattr(args, "land_only", False))
     finally:
         progress.close()
     _print_outcome(outcome, warehouse)
+    land_only = getattr(args, "land_only", False)
+    if outcome.verification.key is not None and outcome.status != "rejected" and not land_only:
+        with contextlib.closing(warehouse.connect()) as conn:
+            body = reports.report(conn, settings.home_dir / "dbt" / "target", outcome.verification.key)
+        if body is not None:
+            print("ledger:")
+            print(reports.ledger_table(body["entities"]))
     return outcome.exit_code
 
 
@@ -107,6 +117,39 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return 1
     args.path = str(folder)
     return cmd_run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    with contextlib.closing(warehouse.connect()) as conn:
+        body = reports.report(conn, settings.home_dir / "dbt" / "target", key)
+    if body is None:
+        print(f"unknown load {key}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"load {body['load']} ({body['contract']}): {body['status']}")
+    print(f"started {body['started_at']}, completed {body['completed_at'] or '-'}")
+    print(reports.ledger_table(body["entities"]))
+    return 0
+
+
+def cmd_exceptions(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    if args.entity is not None and args.entity not in {e.name for e in load_contract("sms_v1").entities}:
+        raise UsageError(f"unknown entity {args.entity!r}")
+    with contextlib.closing(warehouse.connect()) as conn:
+        rows = reports.exceptions(conn, settings.home_dir / "dbt" / "target", key, args.entity)
+    if rows is None:
+        print(f"unknown load {key}", file=sys.stderr)
+        return 1
+    sys.stdout.write(reports.exceptions_csv(rows) if args.format == "csv" else reports.exceptions_json(rows) + "\n")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -150,7 +193,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote a sample shop export to {result.folder}")
     args.path = str(result.folder)
     code = cmd_run(args)
-    print("next: `loader status`, or look at the raw data with the psql line above")
+    print("next: `loader status`, `loader report LOAD`, `loader exceptions LOAD`;"
+          " the dashboard: .venv/bin/streamlit run dashboard/app.py")
     return 0 if code in (0, 3) else code
 
 
@@ -174,11 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="verify, land and load one load folder")
     run.add_argument("path", help="load folder .../partner_id/shop_id/load_id/")
     run.add_argument("--triggered-by", default="cli", help="who or what started the run (default: cli)")
+    run.add_argument("--land-only", action="store_true", help="verify and land into the raw layer; no dbt, no publish")
     run.set_defaults(func=cmd_run)
 
     rerun = sub.add_parser("rerun", help="run a load again from its kept files")
     rerun.add_argument("load", help="partner_id/shop_id/load_id")
     rerun.add_argument("--triggered-by", default="cli:rerun")
+    rerun.add_argument("--land-only", action="store_true", help="verify and land into the raw layer only")
     rerun.set_defaults(func=cmd_rerun)
 
     demo = sub.add_parser("demo", help="generate a sample shop export and run it end to end")
@@ -191,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=20)
     status.set_defaults(func=cmd_status)
+
+    report = sub.add_parser("report", help="the load's ledger")
+    report.add_argument("load", help="partner_id/shop_id/load_id")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_report)
+
+    exc = sub.add_parser("exceptions", help="the load's exception rows (CSV to send back to the partner)")
+    exc.add_argument("load", help="partner_id/shop_id/load_id")
+    exc.add_argument("--entity", help="only this entity (customers, vehicles, ...)")
+    exc.add_argument("--format", choices=("csv", "json"), default="csv")
+    exc.set_defaults(func=cmd_exceptions)
 
     show = sub.add_parser("show", help="the latest run of one load, as JSON")
     show.add_argument("load", help="partner_id/shop_id/load_id")

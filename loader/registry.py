@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Literal
 
 import psycopg2.extensions
+from psycopg2 import sql
 from pydantic import BaseModel
 
 from loader.load_key import LoadKey
@@ -120,6 +122,38 @@ def latest_run(conn: psycopg2.extensions.connection, key: LoadKey) -> RunRecord 
         )
         row = cur.fetchone()
     return _record(row) if row else None
+
+
+def exception_counts(conn: psycopg2.extensions.connection, target_dir: Path, run_id: int) -> tuple[int, int]:
+    """(errors, warnings) in the run's exception report."""
+    from loader.publish import PublishError, dbt_relation
+
+    try:
+        relation = dbt_relation(target_dir, "exceptions")
+    except (OSError, PublishError):
+        return 0, 0
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("select count(*) filter (where severity = 'error'), count(*) filter (where severity = 'warning')"
+                    " from {} where run_id = %s").format(relation.ident()),
+            (run_id,),
+        )
+        errors, warnings = cur.fetchone()
+    return int(errors), int(warnings)
+
+
+@contextlib.contextmanager
+def transform_lock(conn: psycopg2.extensions.connection) -> Iterator[None]:
+    """One dbt build and publish at a time across all loads."""
+    with conn.cursor() as cur:
+        cur.execute("select pg_advisory_lock(hashtextextended('loader transform', 0))")
+    conn.commit()
+    try:
+        yield
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_unlock(hashtextextended('loader transform', 0))")
+        conn.commit()
 
 
 @contextlib.contextmanager

@@ -10,13 +10,25 @@ from pathlib import Path
 
 import psycopg2.extensions
 
+from loader.contracts import Contract
 from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
+from loader.dbt_runner import build_vars, dbt_build
 from loader.landing import LandedFile, LandingError, load, preload_dlt, prepare
+from loader.load_key import LoadKey
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
 from loader.partners import PartnersFile
 from loader.progress import Progress
-from loader.registry import RunStatus, record_problems, set_status, shop_lock, start_run
+from loader.publish import PublishError, ensure_production, publish
+from loader.registry import (
+    RunStatus,
+    exception_counts,
+    record_problems,
+    set_status,
+    shop_lock,
+    start_run,
+    transform_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +71,11 @@ def run_load(
     *,
     triggered_by: str,
     progress: Progress,
+    home: Path,
     land_workers: int = 2,
+    transform: bool = True,
 ) -> RunOutcome:
+    """Verify, land, then (unless `transform` is off, as for the landing benchmark) validate and publish."""
     ensure_registry(warehouse)
     preload_dlt()
     with contextlib.closing(warehouse.connect()) as conn:
@@ -107,12 +122,49 @@ def run_load(
                     [(run_id, lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
                      for lf, vf in zip(landed, verification.files, strict=True)],
                 )
-            errors = sum(1 for p in verification.findings if p.severity == "error")
-            errors += sum(lf.problem_rows for lf in landed)
-            warnings = sum(1 for p in verification.findings if p.severity == "warning")
-            set_status(conn, run_id, "completed", "landed in " + contract.raw_dataset,
-                       error_count=errors, warning_count=warnings)
-            return RunOutcome(run_id, "completed", verification, landed)
+            if not transform:
+                errors = sum(1 for p in verification.findings if p.severity == "error")
+                errors += sum(lf.problem_rows for lf in landed)
+                warnings = sum(1 for p in verification.findings if p.severity == "warning")
+                set_status(conn, run_id, "completed", f"landed in {contract.raw_dataset} (not transformed)",
+                           error_count=errors, warning_count=warnings)
+                return RunOutcome(run_id, "completed", verification, landed)
+            return _transform_and_publish(warehouse, conn, lock_conn, contract, key, run_id, verification, landed,
+                                          settings.date_format, home, progress)
+
+
+def _transform_and_publish(
+    warehouse: Warehouse,
+    conn: psycopg2.extensions.connection,
+    lock_conn: psycopg2.extensions.connection,
+    contract: Contract,
+    key: LoadKey,
+    run_id: int,
+    verification: Verification,
+    landed: list[LandedFile],
+    date_format: str | None,
+    home: Path,
+    progress: Progress,
+) -> RunOutcome:
+    """dbt build (validate, map, plan, audit), then publish the plan in one transaction."""
+    ensure_production(conn, contract)
+    # dbt's staging, intermediate and plan relations are shared by all loads, so one build at a time.
+    with transform_lock(lock_conn):
+        progress.status("validating and mapping with dbt")
+        outcome = dbt_build(warehouse, home, build_vars(run_id, key, date_format))
+        if not outcome.success:
+            set_status(conn, run_id, "failed", outcome.summary()[:4000])
+            return RunOutcome(run_id, "failed", verification, landed, message=outcome.summary())
+        progress.status(f"publishing into {contract.production_schema}")
+        try:
+            publish(conn, contract, home / "dbt" / "target")
+        except PublishError as exc:
+            set_status(conn, run_id, "failed", str(exc)[:4000])
+            return RunOutcome(run_id, "failed", verification, landed, message=str(exc))
+    errors, warnings = exception_counts(conn, home / "dbt" / "target", run_id)
+    set_status(conn, run_id, "completed", f"published into {contract.production_schema}",
+               error_count=errors, warning_count=warnings)
+    return RunOutcome(run_id, "completed", verification, landed)
 
 
 def describe_problems(problems: list[Problem]) -> list[str]:

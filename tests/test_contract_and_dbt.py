@@ -50,7 +50,7 @@ def test_contract_yaml_matches_the_partner_facing_document() -> None:
 def test_dbt_debug_connects_to_the_loader_database(db: Warehouse, tmp_path: Path, monkeypatch, capsys) -> None:
     from dbt.cli.main import dbtRunner
 
-    assert main(["run", str(make_load(tmp_path))]) == 0
+    assert main(["run", str(make_load(tmp_path)), "--land-only"]) == 0
     for name, value in db.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(REPO / "dbt_project")

@@ -14,7 +14,7 @@ from loader.database import Warehouse
 
 
 def run(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = main(["run", str(folder)])
+    code = main(["run", str(folder), "--land-only"])
     return code, capsys.readouterr().out
 
 

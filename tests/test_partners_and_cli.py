@@ -45,7 +45,7 @@ def test_bad_partner_settings_name_the_file_and_setting(tmp_path: Path, text: st
 
 def test_bad_partner_settings_exit_2(db: Warehouse, tmp_path: Path, capsys) -> None:
     (tmp_path / "partners.yml").write_text("partners:\n  acme:\n    encoding: nope\n")
-    assert main(["run", str(make_load(tmp_path))]) == 2
+    assert main(["run", str(make_load(tmp_path)), "--land-only"]) == 2
     assert "partners.acme.encoding" in capsys.readouterr().err
 
 
@@ -73,8 +73,8 @@ def test_demo_runs_end_to_end_through_the_console_script(db: Warehouse, tmp_path
 
 
 def test_rerun_uses_the_kept_folder(db: Warehouse, tmp_path: Path, capsys) -> None:
-    assert main(["run", str(make_load(tmp_path))]) == 0
-    assert main(["rerun", "acme/shop-1/load-1"]) == 0
+    assert main(["run", str(make_load(tmp_path)), "--land-only"]) == 0
+    assert main(["rerun", "acme/shop-1/load-1", "--land-only"]) == 0
     assert "already landed" in capsys.readouterr().out
     assert query(db, "select run_id, triggered_by from loader_registry.runs order by run_id") == [
         (1, "cli"), (2, "cli:rerun")]
@@ -85,7 +85,7 @@ def test_rerun_uses_the_kept_folder(db: Warehouse, tmp_path: Path, capsys) -> No
 def test_show_and_status_text(db: Warehouse, tmp_path: Path, capsys) -> None:
     assert main(["status"]) == 0
     assert "no runs yet" in capsys.readouterr().out
-    assert main(["run", str(make_load(tmp_path))]) == 0
+    assert main(["run", str(make_load(tmp_path)), "--land-only"]) == 0
     capsys.readouterr()
     assert main(["status"]) == 0
     assert "acme/shop-1/load-1" in capsys.readouterr().out

@@ -87,7 +87,12 @@ class Contract(_Strict):
     name: str = Field(pattern=IDENTIFIER.pattern)
     title: str
     raw_dataset: str = Field(pattern=IDENTIFIER.pattern)
+    production_schema: str = Field(pattern=IDENTIFIER.pattern)
     entities: tuple[Entity, ...]
+
+    @property
+    def production_ddl(self) -> Path:
+        return CONTRACTS_DIR.parent / "sql" / f"prod_{self.name}.sql"
 
     def entity(self, name: str) -> Entity:
         for ent in self.entities:

@@ -1,0 +1,135 @@
+"""End to end: `loader` on a generated shop against a hand-written floor, in the same run.
+
+    .venv/bin/python bench/e2e.py [--rows 2000000] [--big-rows 4000000]
+
+The floor is what a careful hand-rolled script would do with no validation,
+lineage or reporting: COPY each file into a text table, then one typed
+INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM per
+entity in dependency order. Prints both times and the ratio, the time of an
+identical rerun, and the time at --big-rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "bench" / "data"
+sys.path.insert(0, str(REPO))
+
+from loader.contracts import Entity, load_contract  # noqa: E402
+from loader.database import Warehouse, ensure_registry, resolve_warehouse  # noqa: E402
+from loader.sample_data import ExportSpec, rows_for_total, write_export  # noqa: E402
+from loader.settings import LoaderSettings  # noqa: E402
+
+SQL_TYPES = {"int": "bigint", "decimal": "numeric", "money": "numeric(14, 2)", "date": "date",
+             "datetime": "timestamptz"}
+
+
+def export(rows: int, shop: str) -> Path:
+    spec = ExportSpec(shop_id=shop, load_id=f"e2e-{rows}", customers=rows_for_total(rows), plant_errors=False,
+                      seed=11)
+    # A new shop each time, so the first run is a real first load.
+    return write_export(DATA / "e2e", spec).folder
+
+
+def floor(warehouse: Warehouse, folder: Path) -> float:
+    """COPY into text tables, then one typed upsert per entity; returns seconds."""
+    contract = load_contract("sms_v1")
+    with contextlib.closing(warehouse.connect()) as conn:
+        with conn, conn.cursor() as cur:
+            cur.execute("drop schema if exists floor_raw cascade; drop schema if exists floor cascade;"
+                        " create schema floor_raw; create schema floor")
+            for e in contract.entities:
+                cur.execute(f"create table floor_raw.{e.name} ({', '.join(f'{c} text' for c in e.column_names)})")
+                typed = ", ".join(f"{c.name} {SQL_TYPES.get(c.type, 'text')}" for c in e.columns)
+                cur.execute(f"create table floor.{e.name} ({typed}, primary key ({e.key}))")
+        start = time.perf_counter()
+        for e in contract.entities:
+            with conn, conn.cursor() as cur, (folder / e.file).open("rb") as fh:
+                cur.copy_expert(f"copy floor_raw.{e.name} ({', '.join(_header(folder / e.file))})"
+                                " from stdin with (format csv, header true)", fh, size=1 << 20)
+        with conn, conn.cursor() as cur:
+            for e in contract.entities:
+                cur.execute(_upsert(e))
+        return time.perf_counter() - start
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig") as fh:
+        return [h.strip().lower() for h in fh.readline().strip().split(",")]
+
+
+def _upsert(e: Entity) -> str:
+    casts = ", ".join(f"nullif(trim({c.name}), '')::{SQL_TYPES.get(c.type, 'text')}" for c in e.columns)
+    cols = ", ".join(e.column_names)
+    rest = [c for c in e.column_names if c != e.key]
+    sets = ", ".join(f"{c} = excluded.{c}" for c in rest)
+    current = ", ".join(f"floor.{e.name}.{c}" for c in rest)
+    incoming = ", ".join(f"excluded.{c}" for c in rest)
+    return (f"insert into floor.{e.name} ({cols}) select distinct on ({e.key}) {casts} from floor_raw.{e.name}"
+            f" on conflict ({e.key}) do update set {sets} where ({current}) is distinct from ({incoming})")
+
+
+def _child(folder: str, home: str, queue: mp.Queue) -> None:
+    from loader.database import resolve_warehouse
+    from loader.partners import PartnersFile
+    from loader.progress import LogProgress
+    from loader.runner import run_load
+
+    warehouse = resolve_warehouse(LoaderSettings())
+    with open(os.devnull, "w") as quiet:
+        start = time.perf_counter()
+        outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench", progress=LogProgress(quiet),
+                           home=Path(home))
+        queue.put((outcome.status, outcome.message, time.perf_counter() - start))
+
+
+def loader_run(folder: Path) -> float:
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(str(folder), str(DATA / ".loader"), queue))
+    proc.start()
+    status, message, seconds = queue.get()
+    proc.join()
+    if status != "completed":
+        raise SystemExit(f"loader run ended {status}: {message}")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--big-rows", type=int, default=4_000_000)
+    args = parser.parse_args()
+    os.environ.setdefault("LOADER_HOME", str(DATA / ".loader"))
+    warehouse = resolve_warehouse(LoaderSettings())
+    ensure_registry(warehouse)
+    print(f"database: {warehouse.display}; cpus: {os.cpu_count()}")
+
+    folder = export(args.rows, f"e2e-{os.getpid()}")
+    floor_s = floor(warehouse, folder)
+    first = loader_run(folder)
+    rerun = loader_run(folder)
+    print(f"shop of {args.rows:,} rows ({folder})")
+    print(f"floor (COPY + one typed upsert per entity): {floor_s:7.2f} s")
+    print(f"loader run, end to end                    : {first:7.2f} s   ratio {first / floor_s:.2f}x  (goal 2.0x)")
+    print(f"identical rerun                           : {rerun:7.2f} s   {rerun / first:.0%} of the first run")
+    if args.big_rows:
+        big = export(args.big_rows, f"e2e-big-{os.getpid()}")
+        big_s = loader_run(big)
+        print(f"loader run at {args.big_rows:,} rows         : {big_s:7.2f} s   {big_s / first:.2f}x the"
+              f" {args.rows:,}-row time (goal 2.2x)")
+    shutil.rmtree(DATA / "e2e", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The ledger and exception report of a load, as `loader report` and `loader exceptions` print them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from loader.contracts import load_contract
+from loader.load_key import LoadKey
+from loader.publish import PublishError, dbt_relation
+from loader.registry import RunRecord, latest_run
+
+LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows", "warning_rows",
+                  "inserted", "updated", "unchanged")
+EXCEPTION_COLUMNS = ("entity", "row_number", "line_number", "field", "rule", "severity", "value", "message")
+
+
+def _relation_exists(cur: psycopg2.extensions.cursor, target_dir: Path, model: str) -> sql.Composable | None:
+    try:
+        relation = dbt_relation(target_dir, model)
+    except (OSError, PublishError):
+        return None
+    cur.execute("select to_regclass(%s) is not null", (f'"{relation.schema}"."{relation.name}"',))
+    return relation.ident() if cur.fetchone()[0] else None
+
+
+def ledger(conn: psycopg2.extensions.connection, target_dir: Path, run: RunRecord) -> dict[str, dict[str, int]]:
+    """Every entity of the contract, with zeros where the run has no ledger row."""
+    contract = load_contract(run.contract)
+    rows: dict[str, dict[str, int]] = {e.name: dict.fromkeys(LEDGER_COLUMNS, 0) for e in contract.entities}
+    with conn, conn.cursor() as cur:
+        relation = _relation_exists(cur, target_dir, "ledger")
+        if relation is not None:
+            cur.execute(
+                sql.SQL("select entity, {cols} from {ledger} where run_id = %s").format(
+                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS), ledger=relation),
+                (run.run_id,),
+            )
+            for entity, *values in cur.fetchall():
+                if entity in rows:
+                    rows[entity] = {c: int(v or 0) for c, v in zip(LEDGER_COLUMNS, values, strict=True)}
+    return rows
+
+
+def report(conn: psycopg2.extensions.connection, target_dir: Path, key: LoadKey) -> dict[str, Any] | None:
+    run = latest_run(conn, key)
+    if run is None:
+        return None
+    return {
+        "load": str(key),
+        "contract": run.contract,
+        "status": run.status,
+        "started_at": run.started_at.isoformat().replace("+00:00", "Z"),
+        "completed_at": run.completed_at.isoformat().replace("+00:00", "Z") if run.completed_at else None,
+        "entities": ledger(conn, target_dir, run),
+    }
+
+
+def exceptions(
+    conn: psycopg2.extensions.connection, target_dir: Path, key: LoadKey, entity: str | None = None
+) -> list[dict[str, Any]] | None:
+    """The latest run's exception rows; for a refused load, its refusal reasons (row 0)."""
+    run = latest_run(conn, key)
+    if run is None:
+        return None
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in EXCEPTION_COLUMNS)
+    with conn, conn.cursor() as cur:
+        relation = _relation_exists(cur, target_dir, "exceptions")
+        rows: list[tuple[Any, ...]] = []
+        if relation is not None and run.status != "rejected":
+            cur.execute(
+                sql.SQL("select {cols} from {rel} where run_id = %s and (%s::text is null or entity = %s)"
+                        " order by entity, row_number, rule, field").format(cols=cols, rel=relation),
+                (run.run_id, entity, entity),
+            )
+            rows = cur.fetchall()
+        else:
+            cur.execute(
+                "select coalesce(entity, ''), 0, 0, coalesce(field, file_name, ''), rule, severity, file_name,"
+                " message from loader_registry.run_problems where run_id = %s"
+                " and (%s::text is null or entity = %s) order by problem_id",
+                (run.run_id, entity, entity),
+            )
+            rows = cur.fetchall()
+    return [dict(zip(EXCEPTION_COLUMNS, r, strict=True)) for r in rows]
+
+
+def exceptions_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EXCEPTION_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def exceptions_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2, ensure_ascii=False)
+
+
+def ledger_table(entities: dict[str, dict[str, int]]) -> str:
+    """The ledger as a readable table for a terminal."""
+    headers = ("entity", *LEDGER_COLUMNS)
+    body = [(name, *(f"{v[c]:,}" for c in LEDGER_COLUMNS)) for name, v in entities.items()]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                          strict=True)))
+
+    return "\n".join([line(headers), *(line(r) for r in body)])
