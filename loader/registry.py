@@ -96,6 +96,11 @@ def set_status(
         )
 
 
+def set_fingerprint(conn: psycopg2.extensions.connection, run_id: int, digest: str) -> None:
+    with conn, conn.cursor() as cur:
+        cur.execute("update loader_registry.runs set fingerprint = %s where run_id = %s", (digest, run_id))
+
+
 def record_problems(conn: psycopg2.extensions.connection, run_id: int, problems: Sequence[Problem]) -> None:
     if not problems:
         return

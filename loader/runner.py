@@ -14,6 +14,7 @@ from loader.contracts import Contract
 from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
 from loader.dbt_runner import build_vars, dbt_build
+from loader.identical_rerun import carry_over, fingerprint, previous_identical_run
 from loader.landing import LandedFile, LandingError, load, preload_dlt, prepare
 from loader.load_key import LoadKey
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
@@ -24,6 +25,7 @@ from loader.registry import (
     RunStatus,
     exception_counts,
     record_problems,
+    set_fingerprint,
     set_status,
     shop_lock,
     start_run,
@@ -130,7 +132,7 @@ def run_load(
                            error_count=errors, warning_count=warnings)
                 return RunOutcome(run_id, "completed", verification, landed)
             return _transform_and_publish(warehouse, conn, lock_conn, contract, key, run_id, verification, landed,
-                                          settings.date_format, home, progress)
+                                          settings.encoding, settings.date_format, home, progress)
 
 
 def _transform_and_publish(
@@ -142,29 +144,41 @@ def _transform_and_publish(
     run_id: int,
     verification: Verification,
     landed: list[LandedFile],
+    encoding: str,
     date_format: str | None,
     home: Path,
     progress: Progress,
 ) -> RunOutcome:
     """dbt build (validate, map, plan, audit), then publish the plan in one transaction."""
     ensure_production(conn, contract)
+    target = home / "dbt" / "target"
+    digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format)
     # dbt's staging, intermediate and plan relations are shared by all loads, so one build at a time.
     with transform_lock(lock_conn):
-        progress.status("validating and mapping with dbt")
-        outcome = dbt_build(warehouse, home, build_vars(run_id, key, date_format))
-        if not outcome.success:
-            set_status(conn, run_id, "failed", outcome.summary()[:4000])
-            return RunOutcome(run_id, "failed", verification, landed, message=outcome.summary())
-        progress.status(f"publishing into {contract.production_schema}")
-        try:
-            publish(conn, contract, home / "dbt" / "target")
-        except PublishError as exc:
-            set_status(conn, run_id, "failed", str(exc)[:4000])
-            return RunOutcome(run_id, "failed", verification, landed, message=str(exc))
-    errors, warnings = exception_counts(conn, home / "dbt" / "target", run_id)
-    set_status(conn, run_id, "completed", f"published into {contract.production_schema}",
-               error_count=errors, warning_count=warnings)
-    return RunOutcome(run_id, "completed", verification, landed)
+        previous = previous_identical_run(conn, key, run_id, digest)
+        if previous is not None:
+            try:
+                carry_over(conn, target, previous, run_id, key)
+            except PublishError:
+                previous = None
+        if previous is None:
+            progress.status("validating and mapping with dbt")
+            outcome = dbt_build(warehouse, home, build_vars(run_id, key, date_format))
+            if not outcome.success:
+                set_status(conn, run_id, "failed", outcome.summary()[:4000])
+                return RunOutcome(run_id, "failed", verification, landed, message=outcome.summary())
+            progress.status(f"publishing into {contract.production_schema}")
+            try:
+                publish(conn, contract, target)
+            except PublishError as exc:
+                set_status(conn, run_id, "failed", str(exc)[:4000])
+                return RunOutcome(run_id, "failed", verification, landed, message=str(exc))
+        set_fingerprint(conn, run_id, digest)
+    errors, warnings = exception_counts(conn, target, run_id)
+    message = (f"identical to run {previous}: every valid row unchanged, nothing to publish" if previous
+               else f"published into {contract.production_schema}")
+    set_status(conn, run_id, "completed", message, error_count=errors, warning_count=warnings)
+    return RunOutcome(run_id, "completed", verification, landed, message=message if previous else None)
 
 
 def describe_problems(problems: list[Problem]) -> list[str]:

@@ -22,7 +22,7 @@ from loader.database import Warehouse, parse_url, start_embedded
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
     url = os.environ.get("LOADER_TEST_DATABASE_URL")
     if not url:
-        yield start_embedded(tmp_path_factory.mktemp("pg-home"))
+        yield start_embedded(tmp_path_factory.mktemp("pg-home"), keep_running=False)
         return
     server = parse_url(url)
     name = f"loader_test_{uuid.uuid4().hex[:12]}"
@@ -41,8 +41,11 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
 def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Warehouse]:
     """An empty warehouse for one test, with the loader's environment pointing at it."""
     with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
-        cur.execute("drop schema if exists raw_sms_v1 cascade")
-        cur.execute("drop schema if exists loader_registry cascade")
+        # Every schema the loader, dlt and dbt made: raw, registry, production, dbt's layers.
+        cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname not in"
+                    " ('public', 'information_schema')")
+        for (schema,) in cur.fetchall():
+            cur.execute(f'drop schema "{schema}" cascade')
     monkeypatch.setenv("LOADER_DATABASE_URL", warehouse.url)
     monkeypatch.setenv("LOADER_HOME", str(tmp_path / "loader-home"))
     monkeypatch.setenv("LOADER_PARTNERS_FILE", str(tmp_path / "partners.yml"))

@@ -22,6 +22,10 @@ create table if not exists loader_registry.runs (
     constraint runs_completed_after_start check (completed_at is null or completed_at >= started_at)
 );
 
+-- What decided the run's outcome (files, parse settings, dbt SQL): an identical
+-- rerun is recognised by it and carried over instead of recomputed.
+alter table loader_registry.runs add column if not exists fingerprint text;
+
 create index if not exists runs_load_key on loader_registry.runs (partner_id, shop_id, load_id, run_id desc);
 
 create table if not exists loader_registry.run_status_history (

@@ -1,0 +1,110 @@
+{#-
+    The load being transformed, from the vars the loader passes:
+    dbt build --vars '{run_id: 42, partner_id: acme, shop_id: shop-1, load_id: 2025-08-22_a}'.
+    Values are pasted into SQL, so each is checked again here (the loader
+    already refused anything else) before it becomes a quoted literal.
+-#}
+
+{%- macro sms_load_var(name) -%}
+    {% set value = var(name, none) %}
+    {% if execute %}
+        {% if value is none or not modules.re.match('^[A-Za-z0-9._-]{1,64}$', value | string) %}
+            {% do exceptions.raise_compiler_error(
+                "var " ~ name ~ " must be 1-64 characters of [A-Za-z0-9._-]: --vars '{" ~ name ~ ": ...}', got "
+                ~ value
+            ) %}
+        {% endif %}
+    {% endif %}
+    {% do return(value | string) %}
+{%- endmacro -%}
+
+{#- partner_id, shop_id or load_id as a SQL text literal. -#}
+{%- macro sms_load_literal(name) -%}
+    {{ sms_sql_string(sms_load_var(name)) }}::text
+{%- endmacro -%}
+
+{#- The run id as a SQL integer: only digits may get there. -#}
+{%- macro sms_run_id() -%}
+    {% set run_id = var('run_id', none) %}
+    {% if execute and (run_id is none or not (run_id | string).isdigit()) %}
+        {% do exceptions.raise_compiler_error("needs the run: --vars '{run_id: N}', got " ~ run_id) %}
+    {% endif %}
+    {% do return((run_id | string) if execute else '0') %}
+{%- endmacro -%}
+
+{#-
+    The deterministic internal id of a row: a UUID made of the md5 of the
+    length-prefixed key (partner, shop, entity, external id), so that no two
+    keys can run together ('ab' + 'c' vs 'a' + 'bc'):
+
+        md5(
+            length(partner) || ':' || partner || length(shop) || ':' || shop
+            || length(entity) || ':' || entity || length(external_id) || ':' || external_id
+        )::uuid
+
+    Lengths count characters (PostgreSQL length() of text); md5 is taken over
+    the UTF-8 bytes. In Python:
+        key = "".join(f"{len(p)}:{p}" for p in (partner, shop, entity, external_id))
+        uuid.UUID(hashlib.md5(key.encode("utf-8")).hexdigest())
+    `entity` is the contract entity name (customers, vehicles, invoices,
+    line_items, payments, inventory_parts, suppliers); partner and shop come
+    from the vars, so the constant part of the key is built here, once. A NULL
+    external id gives a NULL id.
+-#}
+{%- macro sms_internal_id(entity, external_id) -%}
+    {%- set partner = sms_load_var('partner_id') -%}
+    {%- set shop = sms_load_var('shop_id') -%}
+    {%- set prefix = partner | length ~ ':' ~ partner ~ shop | length ~ ':' ~ shop ~ entity | length ~ ':' ~ entity -%}
+    md5({{ sms_sql_string(prefix) }} || length({{ external_id }}) || ':' || {{ external_id }})::uuid
+{%- endmacro -%}
+
+{#-
+    Whether a published row changes production: 'insert' when production has
+    no row with its id, 'update' when a business column differs (NULLs
+    compared as values), else 'unchanged'. load_id is bookkeeping, not a
+    business column: a rerun that changes nothing leaves the row alone.
+-#}
+{%- macro sms_publish_action(planned, production, business_columns) -%}
+    case
+        when {{ production }}.id is null then 'insert'
+        when
+            {%- for column in business_columns %}
+            {{ 'or ' if not loop.first }}({{ planned }}.{{ column }} is distinct from {{ production }}.{{ column }})
+            {%- endfor %}
+            then 'update'
+        else 'unchanged'
+    end
+{%- endmacro -%}
+
+{#-
+    Per staged row of one entity: whether staging found an error or a warning,
+    whether the record is ragged, and, per named column, whether its bytes
+    did not decode (such a value cannot be trusted as a key or reference).
+-#}
+{%- macro sms_row_status(row_exceptions, key_columns) -%}
+    select
+        row_number,
+        bool_or(severity = 'error') as has_staging_error,
+        bool_or(severity = 'warning') as has_staging_warning,
+        bool_or(rule = 'ragged') as is_ragged,
+        {%- for column in key_columns %}
+        bool_or(rule = 'encoding' and field = {{ sms_sql_string(column) }}) as is_untrusted_{{ column }}
+        {{- ',' if not loop.last }}
+        {%- endfor %}
+    from {{ row_exceptions }}
+    group by row_number
+{%- endmacro -%}
+
+{#- The contract columns of an entity, qualified by a relation alias, comma separated. -#}
+{%- macro sms_contract_columns(alias, entity) -%}
+    {%- for column in sms_v1_contract()[entity].columns %}
+        {{ alias }}.{{ column.name }}{{ ',' if not loop.last }}
+    {%- endfor %}
+{%- endmacro -%}
+
+{#- Named columns qualified by a relation alias, comma separated, with a trailing comma when asked. -#}
+{%- macro sms_column_list(alias, columns, trailing_comma=false) -%}
+    {%- for column in columns %}
+        {{ alias }}.{{ column }}{{ ',' if trailing_comma or not loop.last }}
+    {%- endfor %}
+{%- endmacro -%}

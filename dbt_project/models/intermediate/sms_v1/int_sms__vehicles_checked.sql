@@ -1,0 +1,110 @@
+{{ config(indexes=[
+    {'columns': ['row_number'], 'unique': true},
+    {'columns': ['external_id']},
+]) }}
+-- The vehicles of one run, each with its verdict and internal ids. A vehicle is
+-- rejected for a staging error, an id shared with another row, or an owner
+-- that is `orphan` (neither in this load nor already imported for the shop) or
+-- `parent_rejected` (in this load, but every row carrying its id rejected).
+with
+
+staged as (
+    select * from {{ ref('stg_sms__vehicles') }}
+),
+
+row_exceptions as (
+    select * from {{ ref('stg_sms__row_exceptions') }}
+    where entity = 'vehicles'
+),
+
+customers as (
+    select * from {{ ref('int_sms__customers_checked') }}
+),
+
+production_customers as (
+    select * from {{ source('prod_sms', 'customers') }}
+    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+),
+
+row_status as (
+    {{ sms_row_status('row_exceptions', ['external_vehicle_id', 'external_customer_id']) }}
+),
+
+-- A ragged record's fields, and a field with undecodable bytes, are no key or reference.
+keyed as (
+    select
+        staged.*,
+        coalesce(row_status.has_staging_error, false) as has_staging_error,
+        coalesce(row_status.has_staging_warning, false) as has_staging_warning,
+        case
+            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_vehicle_id, false)
+                then staged.external_vehicle_id
+        end as external_id,
+        case
+            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_customer_id, false)
+                then staged.external_customer_id
+        end as customer_external_id
+    from staged
+    left join row_status on staged.row_number = row_status.row_number
+),
+
+id_counts as (
+    select
+        external_id,
+        count(*) as rows_with_id
+    from keyed
+    where external_id is not null
+    group by external_id
+),
+
+customers_in_load as (
+    select
+        external_id,
+        bool_and(is_rejected) as is_rejected
+    from customers
+    where external_id is not null
+    group by external_id
+),
+
+resolved as (
+    select
+        keyed.*,
+        coalesce(id_counts.rows_with_id > 1, false) as is_duplicate,
+        {{ sms_internal_id('customers', 'keyed.customer_external_id') }} as customer_id
+    from keyed
+    left join id_counts on keyed.external_id = id_counts.external_id
+),
+
+checked as (
+    select
+        resolved.row_number,
+        resolved.line_number,
+        resolved.external_id,
+        {{ sms_internal_id('vehicles', 'resolved.external_id') }} as id,
+        resolved.customer_external_id,
+        resolved.customer_id,
+        resolved.has_staging_error,
+        resolved.has_staging_warning,
+        resolved.is_duplicate,
+        resolved.customer_external_id is not null
+        and customers_in_load.external_id is null
+        and production_customers.id is null as is_customer_orphan,
+        coalesce(customers_in_load.is_rejected, false) as is_customer_parent_rejected,
+        {{ sms_contract_columns('resolved', 'vehicles') }}
+    from resolved
+    left join customers_in_load on resolved.customer_external_id = customers_in_load.external_id
+    left join production_customers on resolved.customer_id = production_customers.id
+),
+
+final as (
+    select
+        *,
+        has_staging_warning as has_warning,
+        has_staging_error
+        or is_duplicate
+        or is_customer_orphan
+        or is_customer_parent_rejected as is_rejected
+    from checked
+)
+
+select * from final

@@ -1,0 +1,207 @@
+"""The whole job through `loader`: dbt build, publish all-or-nothing, ledger, reports, rerun semantics."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import make_load, query
+
+from loader.cli import main
+from loader.contracts import load_contract
+from loader.database import Warehouse
+from loader.sample_data import ExportSpec, write_export
+
+ENTITIES = [e.name for e in load_contract("sms_v1").entities]
+TODAY = dt.date.today().isoformat()
+
+
+def snapshot(db: Warehouse) -> dict[str, tuple[int, str]]:
+    """Row count and a checksum of every production table, byte for byte."""
+    out = {}
+    for entity in [*ENTITIES, "id_crosswalk"]:
+        key = "internal_id" if entity == "id_crosswalk" else "id"
+        [(count, digest)] = query(db, f"select count(*), coalesce(md5(string_agg(t::text, '|' order by t.{key})), '')"
+                                      f" from prod_sms.{entity} t")
+        out[entity] = (count, digest)
+    return out
+
+
+def report_json(load: str, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["report", load, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_invariants(body: dict) -> None:
+    assert set(body["entities"]) == set(ENTITIES)
+    for entity, row in body["entities"].items():
+        assert row["manifest_rows"] == row["landed_rows"] == row["valid_rows"] + row["rejected_rows"], entity
+        assert row["valid_rows"] == row["inserted"] + row["updated"] + row["unchanged"], entity
+
+
+@pytest.fixture
+def sample(tmp_path: Path):
+    return write_export(tmp_path / "imports", ExportSpec(customers=25, load_id=f"{TODAY}_first", seed=3))
+
+
+def load_of(result) -> str:
+    return "/".join(result.folder.parts[-3:])
+
+
+def test_a_load_publishes_and_the_ledger_reconciles(db: Warehouse, sample, capsys) -> None:
+    assert main(["run", str(sample.folder)]) == 0
+    out = capsys.readouterr().out
+    assert "ledger:" in out and "customers" in out
+    body = report_json(load_of(sample), capsys)
+    assert body["status"] == "completed" and body["contract"] == "sms_v1"
+    assert body["completed_at"] >= body["started_at"]
+    assert_invariants(body)
+    for entity in ENTITIES:
+        row = body["entities"][entity]
+        assert row["manifest_rows"] == sample.rows[entity]
+        assert row["inserted"] == row["valid_rows"]
+        assert query(db, f"select count(*) from prod_sms.{entity}") == [(row["valid_rows"],)]
+    rejected = {(p.entity, p.row_number) for p in sample.planted if p.rule != "unknown_column"
+                and p.rule not in ("total_mismatch", "vin_check_digit", "short_phone", "vehicle_owner_mismatch")}
+    assert sum(body["entities"][e]["rejected_rows"] for e in ENTITIES) == len(rejected)
+
+
+def test_production_rows_are_marked_and_keyed_by_the_crosswalk(db: Warehouse, sample, capsys) -> None:
+    assert main(["run", str(sample.folder)]) == 0
+    partner, shop, load = load_of(sample).split("/")
+    rows = query(db, "select id, external_id, source, shop_id, load_id from prod_sms.customers")
+    assert rows
+    for internal_id, external_id, source, shop_id, load_id in rows:
+        key = "".join(f"{len(p)}:{p}" for p in (partner, shop, "customers", external_id))
+        assert internal_id == str(uuid.UUID(hashlib.md5(key.encode()).hexdigest()))
+        assert (source, shop_id, load_id) == ("import", shop, load)
+    assert query(db, "select bool_and(is_imported), bool_and(source = 'import') from prod_sms.invoices") == [
+        (True, True)]
+    # Relationships are internal ids, and they resolve.
+    assert query(db, "select count(*) from prod_sms.vehicles v left join prod_sms.customers c"
+                     " on c.id = v.customer_id where c.id is null") == [(0,)]
+    assert query(db, "select count(*), count(distinct internal_id), min(first_load_id), max(last_load_id)"
+                     " from prod_sms.id_crosswalk where entity_type = 'customers'") == [
+        (len(rows), len(rows), load, load)]
+
+
+def test_identical_rerun_changes_nothing(db: Warehouse, sample, capsys) -> None:
+    assert main(["run", str(sample.folder)]) == 0
+    before = snapshot(db)
+    raw_before = query(db, "select count(*) from raw_sms_v1.line_items")
+    assert main(["run", str(sample.folder)]) == 0
+    assert snapshot(db) == before
+    assert query(db, "select count(*) from raw_sms_v1.line_items") == raw_before
+    body = report_json(load_of(sample), capsys)
+    assert_invariants(body)
+    for entity, row in body["entities"].items():
+        assert (row["inserted"], row["updated"]) == (0, 0), entity
+        assert row["unchanged"] == row["valid_rows"], entity
+
+
+CUSTOMERS_A = (
+    b"external_customer_id,first_name,last_name,email\r\n"
+    b"C1,Ann,Smith,ann@example.com\r\nC2,Bob,Jones,bob@example.com\r\nC3,Cy,Doe,cy@example.com\r\n"
+)
+
+
+def test_later_load_updates_exactly_the_changed_rows(db: Warehouse, tmp_path: Path, capsys) -> None:
+    assert main(["run", str(make_load(tmp_path, {"customers.csv": CUSTOMERS_A}, load_id="a"))]) == 0
+    stamps = dict(query(db, "select external_id, updated_at from prod_sms.customers"))
+    changed = (
+        b"external_customer_id,first_name,last_name,email\r\n"
+        b"C1,Ann,Smith,ANN@Example.com\r\nC2,Bob,Jones,robert@example.com\r\nC3,Cy,Doe,cy@example.com\r\n"
+        b"C4,Di,New,di@example.com\r\n"
+    )
+    assert main(["run", str(make_load(tmp_path, {"customers.csv": changed}, load_id="b"))]) == 0
+    row = report_json("acme/shop-1/b", capsys)["entities"]["customers"]
+    assert (row["inserted"], row["updated"], row["unchanged"]) == (1, 1, 2)
+    after = dict(query(db, "select external_id, updated_at from prod_sms.customers"))
+    assert after["C1"] == stamps["C1"] and after["C3"] == stamps["C3"]
+    assert after["C2"] > stamps["C2"]
+    assert query(db, "select email, load_id from prod_sms.customers where external_id in ('C1', 'C2')"
+                     " order by external_id") == [("ann@example.com", "a"), ("robert@example.com", "b")]
+
+
+def test_later_load_may_reference_customers_of_an_earlier_load(db: Warehouse, tmp_path: Path, capsys) -> None:
+    assert main(["run", str(make_load(tmp_path, {"customers.csv": CUSTOMERS_A}, load_id="a"))]) == 0
+    vehicles = (
+        b"external_vehicle_id,external_customer_id,vin\r\n"
+        b"V1,C1,1HGCM82633A004352\r\nV2,C9,JH4KA7561PC008269\r\n"
+    )
+    customers = b"external_customer_id,last_name\r\nC5,Later\r\n"
+    assert main(["run", str(make_load(tmp_path, {"customers.csv": customers, "vehicles.csv": vehicles},
+                                      load_id="b"))]) == 0
+    capsys.readouterr()
+    assert main(["exceptions", "acme/shop-1/b", "--format", "json", "--entity", "vehicles"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["row_number"], r["line_number"], r["field"], r["rule"]) for r in rows] == [
+        (2, 3, "external_customer_id", "orphan")]
+    assert query(db, "select v.external_id, c.external_id from prod_sms.vehicles v"
+                     " join prod_sms.customers c on c.id = v.customer_id") == [("V1", "C1")]
+
+
+def test_publish_is_all_or_nothing_and_rerun_completes_it(db: Warehouse, tmp_path: Path, sample, capsys) -> None:
+    assert main(["run", str(make_load(tmp_path, {"customers.csv": CUSTOMERS_A}, shop=sample.folder.parts[-2],
+                                      partner=sample.folder.parts[-3], load_id="earlier"))]) == 0
+    before = snapshot(db)
+    # The last entity in dependency order refuses every new row: its publish fails after six others ran.
+    query(db, "alter table prod_sms.suppliers add constraint refuse_new check (load_id = 'earlier') not valid")
+    capsys.readouterr()
+    assert main(["run", str(sample.folder)]) == 1
+    out = capsys.readouterr().out
+    assert "publishing suppliers failed" in out and "refuse_new" in out
+    assert snapshot(db) == before
+    [(status, message)] = query(db, "select status, message from loader_registry.runs order by run_id desc limit 1")
+    assert status == "failed" and "refuse_new" in message
+
+    query(db, "alter table prod_sms.suppliers drop constraint refuse_new")
+    assert main(["rerun", load_of(sample)]) == 0
+    body = report_json(load_of(sample), capsys)
+    assert body["status"] == "completed"
+    assert_invariants(body)
+
+    # The same end state as one clean run of the same files in a fresh shop.
+    clean = write_export(tmp_path / "clean", ExportSpec(customers=25, load_id=f"{TODAY}_first", seed=3,
+                                                        shop_id="shop-clean"))
+    assert main(["run", str(make_load(tmp_path / "c2", {"customers.csv": CUSTOMERS_A}, shop="shop-clean",
+                                      partner=clean.folder.parts[-3], load_id="earlier"))]) == 0
+    assert main(["run", str(clean.folder)]) == 0
+    for entity in ENTITIES:
+        assert shop_values(db, entity, sample.folder.parts[-2]) == shop_values(db, entity, "shop-clean"), entity
+
+
+def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...]]:
+    """A shop's rows without the columns that differ between shops (ids, shop, timestamps)."""
+    skip = {"id", "shop_id", "created_at", "updated_at", "customer_id", "vehicle_id", "invoice_id",
+            "parent_line_item_id"}
+    cols = [c for (c,) in query(db, "select column_name from information_schema.columns where table_schema ="
+                                    " 'prod_sms' and table_name = %s order by ordinal_position", (entity,))
+            if c not in skip]
+    return query(db, f"select {', '.join(cols)} from prod_sms.{entity} where shop_id = %s order by external_id",
+                 (shop,))
+
+
+def test_exception_report_csv_names_row_line_field_rule_value(db: Warehouse, sample, capsys) -> None:
+    assert main(["run", str(sample.folder)]) == 0
+    capsys.readouterr()
+    assert main(["exceptions", load_of(sample)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows and list(rows[0]) == ["entity", "row_number", "line_number", "field", "rule", "severity", "value",
+                                      "message"]
+    got = {(r["entity"], int(r["row_number"]), int(r["line_number"] or 0), r["field"], r["rule"]) for r in rows}
+    planted = {(p.entity, p.row_number, p.line_number, p.field, p.rule) for p in sample.planted}
+    assert got == planted
+    assert all(r["message"] for r in rows)
+
+
+def test_unknown_load_exits_1(db: Warehouse, capsys) -> None:
+    assert main(["report", "acme/shop-1/nothing"]) == 1
+    assert main(["exceptions", "acme/shop-1/nothing"]) == 1
