@@ -61,7 +61,9 @@ def build_vars(run_id: int, key: LoadKey, date_format: str | None) -> dict[str, 
     }
 
 
-def dbt_build(warehouse: Warehouse, home: Path, dbt_vars: dict[str, Any], select: str | None = None) -> DbtOutcome:
+def dbt_build(
+    warehouse: Warehouse, home: Path, dbt_vars: dict[str, Any], *, select: str | None = None, gates_only: bool = True
+) -> DbtOutcome:
     """Run `dbt build` for one load; never raises for a failed model or test."""
     from dbt.cli.main import dbtRunner
 
@@ -76,6 +78,10 @@ def dbt_build(warehouse: Warehouse, home: Path, dbt_vars: dict[str, Any], select
         "--vars", json.dumps(dbt_vars),
         "--quiet",
     ]
+    if gates_only:
+        # Unit tests and the inner layers' invariant tests check the SQL itself, not the
+        # load: CI runs them on every change; a load runs the gates on its plan and audit.
+        args += ["--exclude-resource-type", "unit_test", "--exclude", "test_type:data,tag:inner"]
     if select:
         args += ["--select", select]
     result = dbtRunner().invoke(args)

@@ -65,31 +65,36 @@ def _publish_entity(
     cur: psycopg2.extensions.cursor, contract: Contract, entity: str, plan: Relation
 ) -> EntityPublished:
     target = sql.Identifier(contract.production_schema, entity)
+    crosswalk = sql.Identifier(contract.production_schema, "id_crosswalk")
     columns = _business_columns(cur, contract.production_schema, entity)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    updates = sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(c)) for c in columns)
-    current = sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=target, c=sql.Identifier(c)) for c in columns)
-    incoming = sql.SQL(", ").join(sql.SQL("excluded.{c}").format(c=sql.Identifier(c)) for c in columns)
-    # xmax = 0 tells an inserted row from an updated one in RETURNING.
-    cur.execute(
-        sql.SQL("""
-        with written as (
-            insert into {target} (id, partner_id, shop_id, external_id, load_id, {cols}, created_at, updated_at)
-            select id, partner_id, shop_id, external_id, load_id, {cols}, now(), now()
-            from {plan}
-            where _action <> 'unchanged'
-            on conflict (id) do update set load_id = excluded.load_id, {updates}, updated_at = excluded.updated_at
-            where ({current}) is distinct from ({incoming})
-            returning (xmax = 0) as inserted
-        )
-        select count(*) filter (where inserted), count(*) filter (where not inserted) from written
-        """).format(target=target, cols=cols, plan=plan.ident(), updates=updates, current=current,
-                    incoming=incoming),
-    )
-    inserted, updated = cur.fetchone()
+    fmt = {"target": target, "plan": plan.ident(), "cols": cols, "crosswalk": crosswalk}
+    # The plan says which rows are new: those go in with a plain INSERT, which
+    # is much cheaper than INSERT ... ON CONFLICT's speculative insertion. A
+    # row that exists after all (a stale plan) violates the primary key and
+    # fails the whole publish, which is what a stale plan should do.
+    cur.execute(sql.SQL("""
+        insert into {target} (id, partner_id, shop_id, external_id, load_id, {cols}, created_at, updated_at)
+        select id, partner_id, shop_id, external_id, load_id, {cols}, now(), now()
+        from {plan}
+        where _action = 'insert'
+        """).format(**fmt))
+    inserted = cur.rowcount
+    cur.execute(sql.SQL("""
+        update {target} as t
+        set load_id = p.load_id, {updates}, updated_at = now()
+        from {plan} as p
+        where p._action = 'update' and t.id = p.id and ({current}) is distinct from ({incoming})
+        """).format(
+        updates=sql.SQL(", ").join(sql.SQL("{c} = p.{c}").format(c=sql.Identifier(c)) for c in columns),
+        current=sql.SQL(", ").join(sql.SQL("t.{c}").format(c=sql.Identifier(c)) for c in columns),
+        incoming=sql.SQL(", ").join(sql.SQL("p.{c}").format(c=sql.Identifier(c)) for c in columns),
+        **fmt,
+    ))
+    updated = cur.rowcount
     cur.execute(
         sql.SQL("select count(*) filter (where _action = 'insert'), count(*) filter (where _action = 'update')"
-                " from {plan}").format(plan=plan.ident()),
+                " from {plan}").format(**fmt),
     )
     planned = cur.fetchone()
     if (inserted, updated) != tuple(planned):
@@ -101,13 +106,19 @@ def _publish_entity(
         sql.SQL("""
         insert into {crosswalk} (internal_id, partner_id, shop_id, entity_type, external_id,
                                  first_load_id, last_load_id, first_seen_at, last_seen_at)
-        select id, partner_id, shop_id, %s, external_id, load_id, load_id, now(), now()
-        from {plan}
-        on conflict (internal_id) do update
-            set last_load_id = excluded.last_load_id, last_seen_at = excluded.last_seen_at
-            where {crosswalk}.last_load_id is distinct from excluded.last_load_id
-        """).format(crosswalk=sql.Identifier(contract.production_schema, "id_crosswalk"), plan=plan.ident()),
+        select p.id, p.partner_id, p.shop_id, %s, p.external_id, p.load_id, p.load_id, now(), now()
+        from {plan} as p
+        where not exists (select from {crosswalk} as c where c.internal_id = p.id)
+        """).format(**fmt),
         (entity,),
+    )
+    cur.execute(
+        sql.SQL("""
+        update {crosswalk} as c
+        set last_load_id = p.load_id, last_seen_at = now()
+        from {plan} as p
+        where p._action <> 'insert' and c.internal_id = p.id and c.last_load_id is distinct from p.load_id
+        """).format(**fmt),
     )
     return EntityPublished(entity, inserted, updated)
 

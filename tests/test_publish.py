@@ -104,6 +104,22 @@ def test_identical_rerun_changes_nothing(db: Warehouse, sample, capsys) -> None:
     for entity, row in body["entities"].items():
         assert (row["inserted"], row["updated"]) == (0, 0), entity
         assert row["unchanged"] == row["valid_rows"], entity
+    # Recognised by its inputs, not recomputed; the exception report is the same.
+    [(message,)] = query(db, "select message from loader_registry.runs order by run_id desc limit 1")
+    assert message.startswith("identical to run 1")
+    assert query(db, "select count(*) from loader_registry.runs where error_count = (select error_count"
+                     " from loader_registry.runs where run_id = 1)") == [(2,)]
+
+
+def test_a_rerun_with_other_partner_settings_is_recomputed(db: Warehouse, tmp_path: Path, capsys) -> None:
+    folder = make_load(tmp_path, {"customers.csv": CUSTOMERS_A})
+    assert main(["run", str(folder)]) == 0
+    (tmp_path / "partners.yml").write_text("partners:\n  acme:\n    date_format: '%m/%d/%Y'\n")
+    assert main(["run", str(folder)]) == 0
+    [(message,)] = query(db, "select message from loader_registry.runs order by run_id desc limit 1")
+    assert message == "published into prod_sms"
+    row = report_json("acme/shop-1/load-1", capsys)["entities"]["customers"]
+    assert (row["inserted"], row["updated"], row["unchanged"]) == (0, 0, 3)
 
 
 CUSTOMERS_A = (

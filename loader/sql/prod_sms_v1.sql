@@ -111,6 +111,7 @@ create table if not exists prod_sms.line_items (
 );
 
 create index if not exists line_items_invoice on prod_sms.line_items (invoice_id);
+create index if not exists line_items_parent on prod_sms.line_items (parent_line_item_id);
 
 create table if not exists prod_sms.payments (
     id uuid primary key,
