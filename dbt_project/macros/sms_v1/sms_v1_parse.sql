@@ -103,17 +103,29 @@
     )
 {%- endmacro -%}
 
-{%- macro sms_date_part(value, fmt, part) -%}
-    (regexp_match({{ value }}, {{ sms_sql_string(fmt.regex) }}))[{{ fmt.parts[part] }}]::int
-{%- endmacro -%}
-
+{#-
+    The calendar check needs the date's parts. ISO dates have them at fixed
+    places, so substr() takes them once the cheap `~` match has passed; a
+    partner format with one-or-two-digit parts needs regexp_match, called
+    once per value in a scalar subquery (it is costly, and capture groups
+    used three times would run it three times).
+-#}
 {%- macro sms_is_date(value) -%}
     {%- set fmt = sms_date_format() -%}
-    {{ sms_is_calendar_date(
-        sms_date_part(value, fmt, 'year'),
-        sms_date_part(value, fmt, 'month'),
-        sms_date_part(value, fmt, 'day')
-    ) }}
+    {%- if fmt.pg_pattern == 'YYYY-MM-DD' -%}
+        case when {{ value }} ~ {{ sms_sql_string(fmt.regex) }} then {{ sms_is_calendar_date(
+            'substr(' ~ value ~ ', 1, 4)::int', 'substr(' ~ value ~ ', 6, 2)::int', 'substr(' ~ value ~ ', 9, 2)::int'
+        ) }} else false end
+    {%- else -%}
+        case when {{ value }} ~ {{ sms_sql_string(fmt.regex) }} then (
+            select {{ sms_is_calendar_date(
+                'parts.m[' ~ fmt.parts.year ~ ']::int',
+                'parts.m[' ~ fmt.parts.month ~ ']::int',
+                'parts.m[' ~ fmt.parts.day ~ ']::int'
+            ) }}
+            from (select regexp_match({{ value }}, {{ sms_sql_string(fmt.regex) }}) as m) as parts
+        ) else false end
+    {%- endif -%}
 {%- endmacro -%}
 
 {%- macro sms_to_date(value) -%}
@@ -121,23 +133,22 @@
     case when {{ sms_is_date(value) }} then to_date({{ value }}, {{ sms_sql_string(fmt.pg_pattern) }}) end
 {%- endmacro -%}
 
-{#- ISO 8601 date-time: a date, optionally a time, optionally Z or a +hh[:mm] offset. #}
+{#-
+    ISO 8601 date-time: a date, optionally a time, optionally Z or a +hh[:mm]
+    offset. Hours, minutes, seconds and the offset are range-checked by the
+    pattern itself (PostgreSQL accepts offsets up to 15:59); the date part
+    sits at fixed places for the calendar check.
+-#}
 {%- macro sms_datetime_regex() -%}
-    '^([0-9]{4})-([0-9]{2})-([0-9]{2})([T ]([0-9]{2}):([0-9]{2})(:([0-9]{2})(\.[0-9]{1,6})?)?)?(Z|[+-]([0-9]{2})(:?([0-9]{2}))?)?$'
+    '^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?)?(Z|[+-](0[0-9]|1[0-5])(:?[0-5][0-9])?)?$'
 {%- endmacro -%}
 
 {%- macro sms_is_datetime(value) -%}
-    {%- set part -%}(regexp_match({{ value }}, {{ sms_datetime_regex() }})){%- endset -%}
-    (
-        {{ sms_is_calendar_date(part ~ '[1]::int', part ~ '[2]::int', part ~ '[3]::int') }}
-        and coalesce({{ part }}[5]::int, 0) <= 23
-        and coalesce({{ part }}[6]::int, 0) <= 59
-        and coalesce({{ part }}[8]::int, 0) <= 59
-        {#- PostgreSQL accepts offsets up to 15:59. #}
-        and coalesce({{ part }}[11]::int, 0) <= 15
-        and coalesce({{ part }}[13]::int, 0) <= 59
-    )
+    case when {{ value }} ~ {{ sms_datetime_regex() }} then {{ sms_is_calendar_date(
+        'substr(' ~ value ~ ', 1, 4)::int', 'substr(' ~ value ~ ', 6, 2)::int', 'substr(' ~ value ~ ', 9, 2)::int'
+    ) }} else false end
 {%- endmacro -%}
+
 
 {#- A date-time without an offset is read as UTC, whatever the session's time zone. #}
 {%- macro sms_to_datetime(value) -%}
