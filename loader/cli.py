@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from loader import reports
 from loader.contracts import load_contract
+from loader.contracts.model import available_contracts
 from loader.database import Warehouse, ensure_registry, psql_binary, resolve_warehouse
 from loader.dbt_runner import build_vars
 from loader.load_key import LoadKey, LoadKeyError
@@ -142,8 +143,9 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
     key = LoadKey.parse(args.load)
     settings = _settings()
     warehouse = _warehouse(settings)
-    if args.entity is not None and args.entity not in {e.name for e in load_contract("sms_v1").entities}:
-        raise UsageError(f"unknown entity {args.entity!r}")
+    entities = sorted({e.name for name in available_contracts() for e in load_contract(name).entities})
+    if args.entity is not None and args.entity not in entities:
+        raise UsageError(f"unknown entity {args.entity!r}; entities: {', '.join(entities)}")
     with contextlib.closing(warehouse.connect()) as conn:
         rows = reports.exceptions(conn, settings.home_dir / "dbt" / "target", key, args.entity)
     if rows is None:

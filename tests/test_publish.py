@@ -221,3 +221,5 @@ def test_exception_report_csv_names_row_line_field_rule_value(db: Warehouse, sam
 def test_unknown_load_exits_1(db: Warehouse, capsys) -> None:
     assert main(["report", "acme/shop-1/nothing"]) == 1
     assert main(["exceptions", "acme/shop-1/nothing"]) == 1
+    assert main(["exceptions", "acme/shop-1/nothing", "--entity", "employees"]) == 2
+    assert "unknown entity 'employees'" in capsys.readouterr().err
