@@ -122,7 +122,11 @@
     }) %}
 {%- endmacro -%}
 
-{#- A wrong check digit is only worth a warning on a VIN that is otherwise well-formed. #}
+{#-
+    A wrong check digit is only worth a warning on a VIN that is otherwise
+    well-formed; a case, so that the digit (and its casts) is only worked out
+    for such a VIN, whatever order PostgreSQL evaluates a WHERE in.
+-#}
 {%- macro sms_rule_vin_check_digit(column) -%}
     {% if column.type != 'vin' %}
         {% do return(none) %}
@@ -130,7 +134,8 @@
     {% set value = '"' ~ column.name ~ '"' %}
     {% do return({
         'rule': 'vin_check_digit', 'severity': 'warning',
-        'violated': sms_is_vin(value) ~ ' and substr(upper(' ~ value ~ '), 9, 1) <> ' ~ sms_vin_check_digit(value),
+        'violated': 'case when ' ~ sms_is_vin(value) ~ ' then substr(upper(' ~ value ~ '), 9, 1) <> '
+            ~ sms_vin_check_digit(value) ~ ' end',
         'message': "'" ~ column.name ~ " check digit (position 9) should be ' || " ~ sms_vin_check_digit(value),
     }) %}
 {%- endmacro -%}

@@ -56,7 +56,7 @@
         case when {{ sms_is_decimal(value) }} then ({{ value }})::numeric end
     {%- elif column.type == 'money' -%}
         {#- round() gives every amount a scale of 2 (10.5 is stored 10.50) without a precision to overflow. #}
-        case when {{ sms_is_decimal(value) }} and {{ sms_has_money_scale(value) }} then round(({{ value }})::numeric, 2) end
+        case when {{ sms_is_money(value) }} then round(({{ value }})::numeric, 2) end
     {%- elif column.type == 'date' -%}
         {{ sms_to_date(value) }}
     {%- elif column.type == 'datetime' -%}
@@ -89,9 +89,41 @@
     One row per (row, rule) broken, for the row-level rules. A ragged record's
     fields cannot be trusted, so it gets that rule only; a field with
     undecodable bytes gets `encoding` and no other rule.
+
+    Almost every row breaks nothing, so the rules are not run as one scan of
+    the rows per rule: `suspect` keeps, in one pass, the rows with a problem
+    or a broken rule (every rule's condition or'ed, or a cheaper screen that
+    is true whenever one of them is), and only those few rows go through the
+    per-rule selects, which decide exactly as before.
 -#}
 {%- macro sms_v1_row_exceptions(relation, entity) -%}
     {%- set spec = sms_v1_contract()[entity] %}
+    {%- set screens = [] %}
+    {%- for group in spec.get('required_one_of', []) %}
+        {%- do screens.append(sms_rule_required_one_of(group).violated) %}
+    {%- endfor %}
+    {%- for column in spec.columns %}
+        {%- for check in sms_v1_column_checks(column, spec) %}
+            {%- if column.type == 'money' and check.rule in ('type', 'format') %}
+                {%- if check.rule == 'type' %}
+                    {#- One match tells a well-formed amount from a type or a format error. #}
+                    {%- do screens.append('"' ~ column.name ~ '" is not null and not ' ~ sms_is_money('"' ~ column.name ~ '"')) %}
+                {%- endif %}
+            {%- else %}
+                {%- do screens.append(check.violated) %}
+            {%- endif %}
+        {%- endfor %}
+    {%- endfor %}
+    with suspect as materialized (
+        select *
+        from {{ relation }}
+        where
+            problem is not null
+            {%- for screen in screens %}
+            or coalesce({{ screen }}, false)
+            {%- endfor %}
+    )
+
     select
         {{ sms_sql_string(entity) }} as entity,
         row_number,
@@ -101,7 +133,7 @@
         'error' as severity,
         raw_record as value,
         'the record has more or fewer fields than the header' as message
-    from {{ relation }}
+    from suspect
     where problem = 'ragged'
 
     union all
@@ -119,7 +151,7 @@
             {%- endfor %}
         end as value,
         bad.field || ' has bytes that do not decode in the declared encoding' as message
-    from {{ relation }} as cleaned
+    from suspect as cleaned
     cross join lateral unnest(cleaned.encoding_fields) as bad (field)
 
     {%- for group in spec.get('required_one_of', []) %}
@@ -127,11 +159,23 @@
 
     union all
 
-    {{ sms_v1_exception_select(relation, entity, group.report_field, check, 'null') }}
+    {{ sms_v1_exception_select('suspect', entity, group.report_field, check, 'null') }}
         and not encoding_fields && array[{{ sms_sql_list(group.columns) }}]
     {%- endfor %}
 
     {%- for column in spec.columns %}
+    {%- for check in sms_v1_column_checks(column, spec) %}
+
+    union all
+
+    {{ sms_v1_exception_select('suspect', entity, column.name, check, '"' ~ column.name ~ '"') }}
+        and not {{ sms_sql_string(column.name) }} = any(encoding_fields)
+    {%- endfor %}
+    {%- endfor %}
+{%- endmacro -%}
+
+{#- The row-level rules that apply to a column, in report order. -#}
+{%- macro sms_v1_column_checks(column, spec) -%}
     {%- set checks = [
         sms_rule_required(column),
         sms_rule_type(column),
@@ -142,14 +186,7 @@
         sms_rule_short_phone(column),
         sms_rule_total_mismatch(column, spec),
     ] %}
-    {%- for check in checks if check %}
-
-    union all
-
-    {{ sms_v1_exception_select(relation, entity, column.name, check, '"' ~ column.name ~ '"') }}
-        and not {{ sms_sql_string(column.name) }} = any(encoding_fields)
-    {%- endfor %}
-    {%- endfor %}
+    {%- do return(checks | select | list) -%}
 {%- endmacro -%}
 
 {%- macro sms_v1_exception_select(relation, entity, field, check, value) -%}

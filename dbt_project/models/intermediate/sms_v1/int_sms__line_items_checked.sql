@@ -8,7 +8,22 @@
 -- (`orphan`), on another invoice (`parent_mismatch`), on a cycle of parent
 -- lines with the line itself (`cycle`), or rejected, at any depth above it
 -- (`parent_rejected`, which lines below a cycle get too).
+--
+-- The verdicts are worked out on the keys only: the CTEs read more than once
+-- are materialized by PostgreSQL, and with every contract column of over a
+-- million lines they spilled to disk. The typed columns join back once, at
+-- the end.
 with
+
+-- Only the keys: PostgreSQL leaves the view's other (typed) columns uncomputed.
+staged_keys as (
+    select
+        row_number,
+        external_dataline_id,
+        external_invoice_id,
+        external_parent_dataline_id
+    from {{ ref('stg_sms__line_items') }}
+),
 
 staged as (
     select * from {{ ref('stg_sms__line_items') }}
@@ -42,23 +57,23 @@ row_status as (
 -- A ragged record's fields, and a field with undecodable bytes, are no key or reference.
 keyed as (
     select
-        staged.*,
+        staged_keys.row_number,
         coalesce(row_status.has_staging_error, false) as has_staging_error,
         coalesce(row_status.has_staging_warning, false) as has_staging_warning,
         case
             when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_dataline_id, false)
-                then staged.external_dataline_id
+                then staged_keys.external_dataline_id
         end as external_id,
         case
             when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_invoice_id, false)
-                then staged.external_invoice_id
+                then staged_keys.external_invoice_id
         end as invoice_external_id,
         case
             when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_parent_dataline_id, false)
-                then staged.external_parent_dataline_id
+                then staged_keys.external_parent_dataline_id
         end as parent_external_id
-    from staged
-    left join row_status on staged.row_number = row_status.row_number
+    from staged_keys
+    left join row_status on staged_keys.row_number = row_status.row_number
 ),
 
 -- Each line id of the load; its row and invoice mean something only when one row carries it.
@@ -181,18 +196,25 @@ on_cycle as (
     where ancestor_row_number = start_row_number
 ),
 
+-- The few directly rejected lines: probing them beats hashing every line.
+directly_rejected as (
+    select row_number
+    from flagged
+    where is_directly_rejected
+),
+
 -- Lines with a rejected line anywhere above them; for a line off a cycle, a
 -- line on one counts as rejected.
 below_rejected as (
     select distinct ancestry.start_row_number as row_number
     from ancestry
-    inner join flagged as ancestor on ancestry.ancestor_row_number = ancestor.row_number
+    left join directly_rejected as ancestor on ancestry.ancestor_row_number = ancestor.row_number
     left join on_cycle as ancestor_cycle on ancestry.ancestor_row_number = ancestor_cycle.row_number
     left join on_cycle as own_cycle on ancestry.start_row_number = own_cycle.row_number
     where
         ancestry.ancestor_row_number <> ancestry.start_row_number
         and (
-            ancestor.is_directly_rejected
+            ancestor.row_number is not null
             or (ancestor_cycle.row_number is not null and own_cycle.row_number is null)
         )
 ),
@@ -200,7 +222,7 @@ below_rejected as (
 checked as (
     select
         flagged.row_number,
-        flagged.line_number,
+        staged.line_number,
         flagged.external_id,
         {{ sms_internal_id('line_items', 'flagged.external_id') }} as id,
         flagged.invoice_external_id,
@@ -217,8 +239,9 @@ checked as (
         flagged.is_directly_rejected,
         on_cycle.row_number is not null as is_on_cycle,
         flagged.is_parent_line_duplicated or below_rejected.row_number is not null as is_parent_line_rejected,
-        {{ sms_contract_columns('flagged', 'line_items') }}
+        {{ sms_contract_columns('staged', 'line_items') }}
     from flagged
+    inner join staged on flagged.row_number = staged.row_number
     left join on_cycle on flagged.row_number = on_cycle.row_number
     left join below_rejected on flagged.row_number = below_rejected.row_number
 ),

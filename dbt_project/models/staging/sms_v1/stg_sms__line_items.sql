@@ -1,3 +1,7 @@
+-- A table: its typed values (regexes, casts) are worked out while the other
+-- entities' rules run, off the critical path, and int_sms__line_items_checked,
+-- the longest model, then only reads them.
+{{ config(materialized='table', unlogged=true) }}
 -- The line_items of one run (var run_id): one row per raw record, values trimmed,
 -- normalised and typed. A value that does not parse is NULL here and has a row
 -- in stg_sms__line_items_exceptions, which decides whether the row may load.
