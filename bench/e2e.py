@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -78,30 +79,47 @@ def _upsert(e: Entity) -> str:
             f" on conflict ({e.key}) do update set {sets} where ({current}) is distinct from ({incoming})")
 
 
-def _child(folder: str, home: str, queue: mp.Queue) -> None:
+def _child(folder: str, home: str, log_path: str, queue: mp.Queue) -> None:
     from loader.database import resolve_warehouse
     from loader.partners import PartnersFile
     from loader.progress import LogProgress
     from loader.runner import run_load
 
     warehouse = resolve_warehouse(LoaderSettings())
-    with open(os.devnull, "w") as quiet:
+    with open(log_path, "a", encoding="utf-8") as log:
+        progress = LogProgress(log)
         start = time.perf_counter()
-        outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench", progress=LogProgress(quiet),
+        outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench", progress=progress,
                            home=Path(home))
+        progress.status(f"run ended {outcome.status}")
         queue.put((outcome.status, outcome.message, time.perf_counter() - start))
 
 
 def loader_run(folder: Path) -> float:
+    """One `run_load` in a fresh process; its step log goes to bench/data/<folder>.log."""
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(str(folder), str(DATA / ".loader"), queue))
+    log_path = DATA / f"{folder.parent.name}-{folder.name}.log"
+    proc = ctx.Process(target=_child, args=(str(folder), str(DATA / ".loader"), str(log_path), queue))
     proc.start()
     status, message, seconds = queue.get()
     proc.join()
     if status != "completed":
         raise SystemExit(f"loader run ended {status}: {message}")
+    print(f"  steps: {log_path}; slowest dbt nodes: {_slowest_dbt_nodes()}")
     return seconds
+
+
+def _slowest_dbt_nodes(top: int = 6) -> str:
+    """The dbt nodes of the last build that took longest (where to look next)."""
+    results = DATA / ".loader" / "dbt" / "target" / "run_results.json"
+    if not results.exists():
+        return "no dbt build"
+    nodes = json.loads(results.read_text(encoding="utf-8"))["results"]
+    slowest = sorted(nodes, key=lambda n: n["execution_time"], reverse=True)[:top]
+    total = sum(n["execution_time"] for n in nodes)
+    return f"{total:.1f} s in all; " + ", ".join(
+        f"{n['unique_id'].split('.')[-1]} {n['execution_time']:.1f} s" for n in slowest)
 
 
 def main() -> int:

