@@ -18,7 +18,7 @@ from psycopg2 import sql
 
 from loader.dbt_runner import DBT_PROJECT
 from loader.load_key import LoadKey
-from loader.publish import PublishError, dbt_relation
+from loader.publish import PublishError, built_relation
 
 _SQL_DIRS = ("models", "macros", "tests")
 
@@ -75,12 +75,12 @@ def carry_over(
         "updated": sql.Literal(0),
         "unchanged": sql.Identifier("valid_rows"),
     }
-    try:
-        relations = [dbt_relation(target_dir, "ledger"), dbt_relation(target_dir, "exceptions")]
-    except (OSError, PublishError) as exc:
-        raise PublishError(f"cannot carry the previous run over: {exc}") from exc
     with conn, conn.cursor() as cur:
-        for relation in relations:
+        ledger = built_relation(cur, target_dir, "ledger")
+        exceptions = built_relation(cur, target_dir, "exceptions")
+        if ledger is None or exceptions is None:
+            raise PublishError(f"cannot carry the previous run over: dbt's audit tables are not in {target_dir}")
+        for relation in (ledger, exceptions):
             columns = _columns(cur, relation.schema, relation.name)
             values = [replacements.get(c, sql.Identifier(c)) for c in columns]
             cur.execute(

@@ -84,16 +84,14 @@ def _dlt_environment() -> None:
     os.environ.setdefault("RESTORE_FROM_DESTINATION", "false")
 
 
-def preload_dlt() -> threading.Thread:
+def preload_dlt() -> None:
     """Import dlt in the background: it takes most of a second, which verification can hide."""
 
     def _import() -> None:
         _dlt_environment()
         import dlt.destinations  # noqa: F401
 
-    thread = threading.Thread(target=_import, name="loader-import-dlt", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=_import, name="loader-import-dlt", daemon=True).start()
 
 
 def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) -> None:

@@ -46,6 +46,16 @@ def dbt_relation(target_dir: Path, model: str) -> Relation:
     raise PublishError(f"dbt model {model!r} is not in {target_dir / 'manifest.json'}")
 
 
+def built_relation(cur: psycopg2.extensions.cursor, target_dir: Path, model: str) -> Relation | None:
+    """Where dbt built a model, or None before dbt has built it here (no manifest, no such model or table)."""
+    try:
+        relation = dbt_relation(target_dir, model)
+    except (OSError, PublishError):
+        return None
+    cur.execute("select to_regclass(%s) is not null", (f'"{relation.schema}"."{relation.name}"',))
+    return relation if cur.fetchone()[0] else None
+
+
 @dataclass(frozen=True)
 class EntityPublished:
     entity: str

@@ -131,13 +131,12 @@ def latest_run(conn: psycopg2.extensions.connection, key: LoadKey) -> RunRecord 
 
 def exception_counts(conn: psycopg2.extensions.connection, target_dir: Path, run_id: int) -> tuple[int, int]:
     """(errors, warnings) in the run's exception report."""
-    from loader.publish import PublishError, dbt_relation
+    from loader.publish import built_relation
 
-    try:
-        relation = dbt_relation(target_dir, "exceptions")
-    except (OSError, PublishError):
-        return 0, 0
     with conn, conn.cursor() as cur:
+        relation = built_relation(cur, target_dir, "exceptions")
+        if relation is None:
+            return 0, 0
         cur.execute(
             sql.SQL("select count(*) filter (where severity = 'error'), count(*) filter (where severity = 'warning')"
                     " from {} where run_id = %s").format(relation.ident()),

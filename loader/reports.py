@@ -13,7 +13,7 @@ from psycopg2 import sql
 
 from loader.contracts import load_contract
 from loader.load_key import LoadKey
-from loader.publish import PublishError, dbt_relation
+from loader.publish import built_relation
 from loader.registry import RunRecord, latest_run
 
 LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows", "warning_rows",
@@ -21,25 +21,16 @@ LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows",
 EXCEPTION_COLUMNS = ("entity", "row_number", "line_number", "field", "rule", "severity", "value", "message")
 
 
-def _relation_exists(cur: psycopg2.extensions.cursor, target_dir: Path, model: str) -> sql.Composable | None:
-    try:
-        relation = dbt_relation(target_dir, model)
-    except (OSError, PublishError):
-        return None
-    cur.execute("select to_regclass(%s) is not null", (f'"{relation.schema}"."{relation.name}"',))
-    return relation.ident() if cur.fetchone()[0] else None
-
-
 def ledger(conn: psycopg2.extensions.connection, target_dir: Path, run: RunRecord) -> dict[str, dict[str, int]]:
     """Every entity of the contract, with zeros where the run has no ledger row."""
     contract = load_contract(run.contract)
     rows: dict[str, dict[str, int]] = {e.name: dict.fromkeys(LEDGER_COLUMNS, 0) for e in contract.entities}
     with conn, conn.cursor() as cur:
-        relation = _relation_exists(cur, target_dir, "ledger")
+        relation = built_relation(cur, target_dir, "ledger")
         if relation is not None:
             cur.execute(
                 sql.SQL("select entity, {cols} from {ledger} where run_id = %s").format(
-                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS), ledger=relation),
+                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS), ledger=relation.ident()),
                 (run.run_id,),
             )
             for entity, *values in cur.fetchall():
@@ -71,12 +62,12 @@ def exceptions(
         return None
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in EXCEPTION_COLUMNS)
     with conn, conn.cursor() as cur:
-        relation = _relation_exists(cur, target_dir, "exceptions")
+        relation = built_relation(cur, target_dir, "exceptions")
         rows: list[tuple[Any, ...]] = []
         if relation is not None and run.status != "rejected":
             cur.execute(
                 sql.SQL("select {cols} from {rel} where run_id = %s and (%s::text is null or entity = %s)"
-                        " order by entity, row_number, rule, field").format(cols=cols, rel=relation),
+                        " order by entity, row_number, rule, field").format(cols=cols, rel=relation.ident()),
                 (run.run_id, entity, entity),
             )
             rows = cur.fetchall()
