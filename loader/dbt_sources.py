@@ -1,4 +1,4 @@
-"""dbt source definitions rendered from a contract, so the raw columns are defined in one place."""
+"""dbt files rendered from a contract (source definitions, the contract macro), so columns are defined in one place."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import yaml
 
 from loader.contracts import Contract, load_contract
 from loader.csv_scan import LINEAGE_COLUMNS
+from loader.dbt_contract_macro import render_contract_macro
 
 DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt_project"
 LINEAGE_DESCRIPTIONS = {
@@ -23,6 +24,18 @@ LINEAGE_DESCRIPTIONS = {
 
 def sources_path(contract: Contract) -> Path:
     return DBT_PROJECT / "models" / "staging" / contract.name / f"_{contract.name}__sources.yml"
+
+
+def contract_macro_path(contract: Contract) -> Path:
+    return DBT_PROJECT / "macros" / contract.name / f"{contract.name}_contract.sql"
+
+
+def generated_files(contract: Contract) -> dict[Path, str]:
+    """Every dbt file rendered from the contract, by path."""
+    return {
+        sources_path(contract): render_sources(contract),
+        contract_macro_path(contract): render_contract_macro(contract),
+    }
 
 
 def render_sources(contract: Contract) -> str:
@@ -50,23 +63,21 @@ def render_sources(contract: Contract) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write dbt source YAML for every contract")
+    parser = argparse.ArgumentParser(description="write the dbt sources and contract macro of every contract")
     parser.add_argument("--check", action="store_true", help="fail if a written file is out of date")
     args = parser.parse_args(argv)
     from loader.contracts.model import available_contracts
 
     stale = []
     for name in available_contracts():
-        contract = load_contract(name)
-        path = sources_path(contract)
-        text = render_sources(contract)
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(path)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
+        for path, text in generated_files(load_contract(name)).items():
+            if args.check:
+                if not path.exists() or path.read_text(encoding="utf-8") != text:
+                    stale.append(path)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
     for path in stale:
         print(f"out of date: {path} (run python -m loader.dbt_sources)")
     return 1 if stale else 0

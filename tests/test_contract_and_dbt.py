@@ -1,24 +1,89 @@
-"""The contract file drives the dbt sources; dbt reaches the same database as the loader."""
+"""The contract file drives the dbt sources and contract macro; dbt reaches the same database as the loader."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import jinja2
 import pytest
 from helpers import make_load, query
 
 from loader import dbt_sources
 from loader.cli import main
-from loader.contracts import load_contract
+from loader.contracts import Contract, load_contract
+from loader.contracts.model import available_contracts
 from loader.database import Warehouse
+from loader.dbt_contract_macro import render_contract_macro
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CONTRACT = REPO.parent / "shared" / "contracts" / "sms_v1.md"
+# How the staging macros read a rule key a column spec leaves out.
+ABSENT_RULES = {"required": False, "values": [], "default": None, "min": None, "max_years_ahead": None,
+                "nonzero": False, "sum_of": []}
 
 
 def test_dbt_sources_are_generated_from_the_contract() -> None:
     assert dbt_sources.main(["--check"]) == 0
+
+
+def contract_macro_result(text: str, contract_name: str) -> dict:
+    """What `<contract>_contract()` in `text` returns, with dbt's return() stood in for."""
+
+    class Returned(Exception):
+        pass
+
+    def dbt_return(value: object) -> None:
+        raise Returned(value)
+
+    env = jinja2.Environment(extensions=["jinja2.ext.do"])
+    module = env.from_string(text).make_module({"return": dbt_return})
+    with pytest.raises(Returned) as returned:
+        getattr(module, f"{contract_name}_contract")()
+    return returned.value.args[0]
+
+
+@pytest.mark.parametrize("name", available_contracts())
+def test_committed_contract_macro_is_the_rendering(name: str) -> None:
+    contract = load_contract(name)
+    path = dbt_sources.contract_macro_path(contract)
+    assert path.read_text(encoding="utf-8") == render_contract_macro(contract), "run python -m loader.dbt_sources"
+
+
+@pytest.mark.parametrize("name", available_contracts())
+def test_contract_macro_returns_the_contract_columns_and_rules(name: str) -> None:
+    contract = load_contract(name)
+    spec = contract_macro_result(render_contract_macro(contract), name)
+    assert list(spec) == [e.name for e in contract.entities]
+    for entity in contract.entities:
+        assert set(spec[entity.name]) <= {"columns", "required_one_of"}, entity.name
+        columns = spec[entity.name]["columns"]
+        assert [c["name"] for c in columns] == list(entity.column_names), entity.name
+        for rendered, column in zip(columns, entity.columns, strict=True):
+            assert set(rendered) <= {"name", "type", *ABSENT_RULES}, (entity.name, column.name)
+            expected = {"type": column.type, "required": column.required, "values": list(column.values),
+                        "default": column.default, "min": column.min, "max_years_ahead": column.max_years_ahead,
+                        "nonzero": column.nonzero, "sum_of": list(column.sum_of)}
+            got = {"type": rendered["type"], **{key: rendered.get(key, absent) for key, absent in ABSENT_RULES.items()}}
+            assert got == expected, (entity.name, column.name)
+        groups = [{"columns": list(g.columns), "report_field": g.report_field} for g in entity.required_one_of]
+        assert spec[entity.name].get("required_one_of", []) == groups, entity.name
+
+
+def test_contract_macro_keeps_awkward_strings_intact() -> None:
+    # Enum values are free text: quotes, backslashes and Jinja delimiters must survive as literals.
+    awkward = ["it's", "back\\slash", 'say "hi"', "%} {{ x }}", "two\nlines", "naïve"]
+    column = {"description": "-"}
+    contract = Contract.model_validate({
+        "name": "awkward", "title": "-", "raw_dataset": "raw_awkward", "production_schema": "prod_awkward",
+        "entities": [{"name": "things", "file": "things.csv", "key": "id", "description": "-", "columns": [
+            {**column, "name": "id", "type": "id", "required": True},
+            {**column, "name": "kind", "type": "enum", "values": awkward, "default": awkward[0]},
+        ]}],
+    })
+    [_, kind] = contract_macro_result(render_contract_macro(contract), "awkward")["things"]["columns"]
+    assert kind["values"] == awkward
+    assert kind["default"] == awkward[0]
 
 
 def test_contract_lists_entities_in_dependency_order() -> None:

@@ -5,17 +5,14 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-import jinja2
 import pytest
 from helpers import make_load, query
 
 from loader.cli import main
-from loader.contracts import load_contract
 from loader.database import Warehouse
 from loader.sample_data import ExportSpec, write_export
 
 REPO = Path(__file__).resolve().parent.parent
-CONTRACT_MACRO = REPO / "dbt_project" / "macros" / "sms_v1" / "sms_v1_contract.sql"
 # Rules that need other rows (or the header); intermediate models report them, not staging.
 NOT_ROW_LEVEL = {"duplicate", "orphan", "parent_rejected", "parent_mismatch", "cycle", "vehicle_owner_mismatch",
                  "unknown_column"}
@@ -119,35 +116,3 @@ def test_every_planted_row_level_error_of_a_sample_export_is_reported(
     reported = {row[:5] for row in exceptions(db)}
     # Clean sample rows must stay clean, so the match is exact, not just a subset.
     assert reported == planted
-
-
-def test_contract_macro_mirrors_the_contract_yaml() -> None:
-    """sms_v1_contract() repeats sms_v1.yaml for Jinja, which cannot read it; they must not drift apart."""
-
-    class Returned(Exception):
-        pass
-
-    def dbt_return(value: object) -> None:
-        raise Returned(value)
-
-    env = jinja2.Environment(extensions=["jinja2.ext.do"])
-    module = env.from_string(CONTRACT_MACRO.read_text(encoding="utf-8")).make_module({"return": dbt_return})
-    with pytest.raises(Returned) as returned:
-        module.sms_v1_contract()
-    spec = returned.value.args[0]
-    contract = load_contract("sms_v1")
-    assert list(spec) == [e.name for e in contract.entities]
-    for entity in contract.entities:
-        columns = spec[entity.name]["columns"]
-        assert [c["name"] for c in columns] == list(entity.column_names), entity.name
-        for mirrored, column in zip(columns, entity.columns, strict=True):
-            expected = {"type": column.type, "required": column.required, "values": list(column.values),
-                        "default": column.default, "min": column.min, "max_years_ahead": column.max_years_ahead,
-                        "nonzero": column.nonzero}
-            got = {"type": mirrored["type"], "required": mirrored.get("required", False),
-                   "values": mirrored.get("values", []), "default": mirrored.get("default"),
-                   "min": mirrored.get("min"), "max_years_ahead": mirrored.get("max_years_ahead"),
-                   "nonzero": mirrored.get("nonzero", False)}
-            assert got == expected, (entity.name, column.name)
-        groups = [{"columns": list(g.columns), "report_field": g.report_field} for g in entity.required_one_of]
-        assert spec[entity.name].get("required_one_of", []) == groups, entity.name

@@ -32,6 +32,8 @@ class Column(_Strict):
     min: int | None = None
     max_years_ahead: int | None = None
     nonzero: bool = False
+    # Columns this total must add up to (within rounding); later parts may be missing and count as 0.
+    sum_of: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _enum_has_values(self) -> Column:
@@ -80,6 +82,10 @@ class Entity(_Strict):
             unknown = set(rule.columns) - set(names)
             if unknown:
                 raise ValueError(f"entity {self.name}: required_one_of names unknown columns {sorted(unknown)}")
+        for col in self.columns:
+            unknown = set(col.sum_of) - set(names)
+            if unknown:
+                raise ValueError(f"entity {self.name}: {col.name} sum_of names unknown columns {sorted(unknown)}")
         return self
 
 

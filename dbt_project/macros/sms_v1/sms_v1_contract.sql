@@ -1,13 +1,15 @@
 {#-
+    Generated from loader/contracts/sms_v1.yaml by `python -m loader.dbt_sources`; do not edit by hand.
+
     The sms_v1 columns and their validation rules, per entity, for the staging
-    models. This mirrors loader/contracts/sms_v1.yaml (Jinja cannot read that
-    file) and is the only place in the dbt project that names them: change
-    both together. Keys per column: type (id, text, email, phone, vin, int,
-    decimal, money, date, datetime, enum), required, values (enum), default,
-    min, max_years_ahead (upper bound relative to the current year, exclusive),
-    nonzero, sum_of (the columns this total must add up to).
-    `phone` typed columns get the short_phone warning; suppliers' phone is
-    plain text in the contract, so it does not.
+    models; the only place in the dbt project that names them. Keys per column:
+    type (id, text, int, decimal, money, date, datetime, email, phone, vin,
+    enum), required, values (enum), default, min, max_years_ahead (upper bound
+    relative to the current year, exclusive), nonzero, sum_of (the columns this
+    total must add up to). Per entity, required_one_of: groups of columns of
+    which at least one must be present, reported on report_field. Only `phone`
+    typed columns get the short_phone warning; a phone number typed `text` in
+    the contract is plain text.
 -#}
 {%- macro sms_v1_contract() -%}
     {% do return({
