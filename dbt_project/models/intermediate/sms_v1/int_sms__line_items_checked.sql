@@ -9,21 +9,13 @@
 -- lines with the line itself (`cycle`), or rejected, at any depth above it
 -- (`parent_rejected`, which lines below a cycle get too).
 --
--- The verdicts are worked out on the keys only: the CTEs read more than once
--- are materialized by PostgreSQL, and with every contract column of over a
--- million lines they spilled to disk. The typed columns join back once, at
--- the end.
+-- Over a million lines, every pass over all of them counts: a materialized
+-- CTE of all lines spills to disk, and an md5 per line costs about as much as
+-- reading it. So the lines are read by CTEs that PostgreSQL inlines, the
+-- parent checks run on the lines that have a parent only, production is asked
+-- only about references this load does not resolve, and an invoice's internal
+-- id is worked out once per invoice.
 with
-
--- Only the keys: PostgreSQL leaves the view's other (typed) columns uncomputed.
-staged_keys as (
-    select
-        row_number,
-        external_dataline_id,
-        external_invoice_id,
-        external_parent_dataline_id
-    from {{ ref('stg_sms__line_items') }}
-),
 
 staged as (
     select * from {{ ref('stg_sms__line_items') }}
@@ -54,94 +46,163 @@ row_status as (
     ) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or reference.
-keyed as (
+-- A ragged record's fields, and a field with undecodable bytes, are no key or
+-- reference. Not materialized: each reader takes only the columns it needs.
+keyed as not materialized (
     select
-        staged_keys.row_number,
+        staged.*,
         coalesce(row_status.has_staging_error, false) as has_staging_error,
         coalesce(row_status.has_staging_warning, false) as has_staging_warning,
         case
             when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_dataline_id, false)
-                then staged_keys.external_dataline_id
+                then staged.external_dataline_id
         end as external_id,
         case
             when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_invoice_id, false)
-                then staged_keys.external_invoice_id
+                then staged.external_invoice_id
         end as invoice_external_id,
         case
             when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_parent_dataline_id, false)
-                then staged_keys.external_parent_dataline_id
+                then staged.external_parent_dataline_id
         end as parent_external_id
-    from staged_keys
-    left join row_status on staged_keys.row_number = row_status.row_number
+    from staged
+    left join row_status on staged.row_number = row_status.row_number
 ),
 
--- Each line id of the load; its row and invoice mean something only when one row carries it.
-lines_in_load as (
-    select
-        external_id,
-        count(*) as rows_with_id,
-        min(row_number) as row_number,
-        min(invoice_external_id) as invoice_external_id
+-- Normally none; read as a set (`in`), which keeps the planner's row counts sane.
+duplicated_ids as (
+    select external_id
     from keyed
     where external_id is not null
     group by external_id
+    having count(*) > 1
 ),
 
+-- An invoice's internal id, once per invoice rather than once per line.
 invoices_in_load as (
     select
         external_id,
-        bool_and(is_rejected) as is_rejected
+        bool_and(is_rejected) as is_rejected,
+        {{ sms_internal_id('invoices', 'external_id') }} as id
     from invoices
     where external_id is not null
     group by external_id
 ),
 
-resolved as (
+-- The lines with a parent line: only they need the parent checks.
+with_parent as (
     select
-        keyed.*,
-        coalesce(own.rows_with_id > 1, false) as is_duplicate,
-        {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }} as invoice_id,
-        {{ sms_internal_id('line_items', 'keyed.parent_external_id') }} as parent_line_item_id
+        row_number,
+        external_id,
+        invoice_external_id,
+        parent_external_id
     from keyed
-    left join lines_in_load as own on keyed.external_id = own.external_id
+    where parent_external_id is not null
 ),
 
--- Everything that rejects a line without walking up its parent lines.
-direct as (
+-- Each line with a parent, and the rows that carry its parent id (none when
+-- the parent is not in this load); the parent's row and invoice mean something
+-- only when one row carries its id.
+parent_lines as (
     select
-        resolved.*,
-        resolved.invoice_external_id is not null
-        and invoices_in_load.external_id is null
-        and production_invoices.id is null as is_invoice_orphan,
-        coalesce(invoices_in_load.is_rejected, false) as is_invoice_parent_rejected,
-        resolved.parent_external_id is not null
-        and parent_lines.external_id is null
-        and production_parents.id is null as is_parent_line_orphan,
+        with_parent.row_number,
+        with_parent.external_id,
+        with_parent.invoice_external_id,
+        with_parent.parent_external_id,
+        count(parent.row_number) as parent_rows,
+        min(parent.row_number) as parent_row_number,
+        min(parent.invoice_external_id) as parent_invoice_external_id
+    from with_parent
+    -- On the staged id (a trusted one, as external_id is): its statistics keep the plan sane.
+    left join keyed as parent
+        on
+            with_parent.parent_external_id = parent.external_dataline_id
+            and parent.external_id is not null
+    group by
+        with_parent.row_number,
+        with_parent.external_id,
+        with_parent.invoice_external_id,
+        with_parent.parent_external_id
+),
+
+-- Production is asked only about the parent lines this load does not have
+-- (normally none). Two branches rather than one more join keep the planner's
+-- row counts sane.
+parents as (
+    select
+        *,
+        null::uuid as production_invoice_id,
+        false as is_in_production
+    from parent_lines
+    where parent_rows > 0
+
+    union all
+
+    select
+        parent_lines.*,
+        production_line_items.invoice_id as production_invoice_id,
+        production_line_items.id is not null as is_in_production
+    from parent_lines
+    left join production_line_items
+        on {{ sms_internal_id('line_items', 'parent_lines.parent_external_id') }} = production_line_items.id
+    where parent_lines.parent_rows = 0
+),
+
+-- What the parent line says about a line, short of walking further up.
+parent_checks as (
+    select
+        row_number,
+        {{ sms_internal_id('line_items', 'parent_external_id') }} as parent_line_item_id,
+        parent_rows = 0 and not is_in_production as is_parent_line_orphan,
         -- Every row of a duplicated parent id is rejected.
-        coalesce(parent_lines.rows_with_id > 1, false) as is_parent_line_duplicated,
+        parent_rows > 1 as is_parent_line_duplicated,
         coalesce(
             case
-                when parent_lines.rows_with_id = 1
-                    then parent_lines.invoice_external_id <> resolved.invoice_external_id
-                when parent_lines.external_id is null
-                    then production_parents.invoice_id <> resolved.invoice_id
+                when parent_rows = 1
+                    then parent_invoice_external_id <> invoice_external_id
+                when parent_rows = 0
+                    then production_invoice_id <> {{ sms_internal_id('invoices', 'invoice_external_id') }}
             end,
             false
         ) as is_parent_line_mismatch,
         -- The edge the cycle walk follows: between lines whose ids are unique in the load.
         case
-            when parent_lines.rows_with_id = 1 and not resolved.is_duplicate and resolved.external_id is not null
-                then parent_lines.row_number
+            when
+                parent_rows = 1
+                and external_id is not null
+                and external_id not in (select duplicated_ids.external_id from duplicated_ids)
+                then parent_row_number
         end as parent_row_number
-    from resolved
-    left join invoices_in_load on resolved.invoice_external_id = invoices_in_load.external_id
-    left join production_invoices on resolved.invoice_id = production_invoices.id
-    left join lines_in_load as parent_lines on resolved.parent_external_id = parent_lines.external_id
-    left join production_line_items as production_parents on resolved.parent_line_item_id = production_parents.id
+    from parents
 ),
 
-flagged as (
+-- Everything that rejects a line without walking up its parent lines. The
+-- `in` sets are hashed on first use, so production invoices are read only if
+-- some line's invoice is not in this load.
+direct as (
+    select
+        keyed.*,
+        coalesce(keyed.external_id in (select duplicated_ids.external_id from duplicated_ids), false) as is_duplicate,
+        coalesce(
+            invoices_in_load.id, {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
+        ) as invoice_id,
+        parent_checks.parent_line_item_id,
+        keyed.invoice_external_id is not null
+        and invoices_in_load.external_id is null
+        and {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
+        not in (select production_invoices.id from production_invoices) as is_invoice_orphan,
+        coalesce(invoices_in_load.is_rejected, false) as is_invoice_parent_rejected,
+        coalesce(parent_checks.is_parent_line_orphan, false) as is_parent_line_orphan,
+        coalesce(parent_checks.is_parent_line_duplicated, false) as is_parent_line_duplicated,
+        coalesce(parent_checks.is_parent_line_mismatch, false) as is_parent_line_mismatch,
+        parent_checks.parent_row_number
+    from keyed
+    left join invoices_in_load on keyed.invoice_external_id = invoices_in_load.external_id
+    left join parent_checks on keyed.row_number = parent_checks.row_number
+),
+
+-- Not materialized: read whole once, and for the lines above others once more.
+flagged as not materialized (
     select
         *,
         has_staging_error
@@ -158,7 +219,7 @@ edges as (
     select
         row_number,
         parent_row_number
-    from flagged
+    from parent_checks
     where parent_row_number is not null
 ),
 
@@ -196,11 +257,11 @@ on_cycle as (
     where ancestor_row_number = start_row_number
 ),
 
--- The few directly rejected lines: probing them beats hashing every line.
+-- Only a line some line walks up to can reject another.
 directly_rejected as (
     select row_number
     from flagged
-    where is_directly_rejected
+    where is_directly_rejected and row_number in (select edges.parent_row_number from edges)
 ),
 
 -- Lines with a rejected line anywhere above them; for a line off a cycle, a
@@ -222,7 +283,7 @@ below_rejected as (
 checked as (
     select
         flagged.row_number,
-        staged.line_number,
+        flagged.line_number,
         flagged.external_id,
         {{ sms_internal_id('line_items', 'flagged.external_id') }} as id,
         flagged.invoice_external_id,
@@ -239,9 +300,8 @@ checked as (
         flagged.is_directly_rejected,
         on_cycle.row_number is not null as is_on_cycle,
         flagged.is_parent_line_duplicated or below_rejected.row_number is not null as is_parent_line_rejected,
-        {{ sms_contract_columns('staged', 'line_items') }}
+        {{ sms_contract_columns('flagged', 'line_items') }}
     from flagged
-    inner join staged on flagged.row_number = staged.row_number
     left join on_cycle on flagged.row_number = on_cycle.row_number
     left join below_rejected on flagged.row_number = below_rejected.row_number
 ),
