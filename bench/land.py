@@ -93,32 +93,42 @@ def plain_copy(warehouse: Warehouse, path: Path) -> float:
     return elapsed
 
 
-def _child(folder: str, url: str, queue: mp.Queue) -> None:
+def _child(folders: list[str], url: str, queue: mp.Queue) -> None:
     from loader.database import parse_url
     from loader.partners import PartnersFile
     from loader.progress import LogProgress
     from loader.runner import run_load
 
     warehouse = parse_url(url)
+    times = []
     with open(os.devnull, "w") as quiet:
-        start = time.perf_counter()
-        outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench",
-                           progress=LogProgress(quiet), home=DATA / ".loader",
-                           land_workers=LoaderSettings().land_workers, transform=False)
-        elapsed = time.perf_counter() - start
-    queue.put((outcome.status, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        for folder in folders:
+            start = time.perf_counter()
+            outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench",
+                               progress=LogProgress(quiet), home=DATA / ".loader",
+                               land_workers=LoaderSettings().land_workers, transform=False)
+            times.append(time.perf_counter() - start)
+            if outcome.status != "completed":
+                break
+    queue.put((outcome.status, times, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
-def loader_land(warehouse: Warehouse, folder: Path) -> tuple[float, float]:
-    """Run the loader in a fresh process (so peak RSS is its own); return (seconds, peak MB)."""
+def loader_land(warehouse: Warehouse, folders: list[Path]) -> tuple[list[float], float]:
+    """Land the folders one after another in one fresh process (so peak RSS is its own).
+
+    Returns each run's seconds and the peak MB: the first run is what a
+    one-shot `loader run` sees (it also imports dlt and sets up its
+    pipeline); the later ones are what a long-running process sees (the
+    scheduler, the dashboard).
+    """
     queue: mp.Queue = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(target=_child, args=(str(folder), warehouse.url, queue))
+    proc = mp.get_context("spawn").Process(target=_child, args=([str(f) for f in folders], warehouse.url, queue))
     proc.start()
-    status, elapsed, peak = queue.get()
+    status, times, peak = queue.get()
     proc.join()
     if status != "completed":
         raise SystemExit(f"loader run ended {status}")
-    return elapsed, peak
+    return times, peak
 
 
 def cleanup(warehouse: Warehouse) -> None:
@@ -143,24 +153,26 @@ def main() -> int:
 
     big = data_file(args.rows)
     size_mb = big.stat().st_size / 1e6
-    copy_s, land_s, peak = [], [], 0.0
+    copy_s, cold_s, warm_s, peak = [], [], [], 0.0
     for _ in range(args.repeat):
         cleanup(warehouse)
         copy_s.append(plain_copy(warehouse, big))
-        seconds, peak_mb = loader_land(warehouse, load_folder(big, args.rows))
-        land_s.append(seconds)
+        times, peak_mb = loader_land(warehouse, [load_folder(big, args.rows), load_folder(big, args.rows)])
+        cold_s.append(times[0])
+        warm_s.append(times[1])
         peak = max(peak, peak_mb)
     copy_rate = args.rows / min(copy_s)
-    land_rate = args.rows / min(land_s)
     print(f"file: {big.name}, {args.rows:,} rows, {size_mb:.0f} MB")
-    print(f"plain COPY into an all-text table : {min(copy_s):6.2f} s  {copy_rate:>10,.0f} rows/s")
-    print(f"loader run (verify + land)        : {min(land_s):6.2f} s  {land_rate:>10,.0f} rows/s"
-          f"  peak RSS {peak:.0f} MB")
-    print(f"loader / COPY rate                : {land_rate / copy_rate:6.0%}   (goal: at least 60%)")
+    print(f"plain COPY into an all-text table     : {min(copy_s):6.2f} s  {copy_rate:>10,.0f} rows/s")
+    for label, seconds in (("loader, first run in a fresh process", min(cold_s)),
+                           ("loader, next run in the same process", min(warm_s))):
+        rate = args.rows / seconds
+        print(f"{label} : {seconds:6.2f} s  {rate:>10,.0f} rows/s  {rate / copy_rate:4.0%} of COPY (goal: 60%)")
+    print(f"peak RSS of those runs                : {peak:6.0f} MB")
 
     for rows in args.memory_rows:
         cleanup(warehouse)
-        seconds, peak_mb = loader_land(warehouse, load_folder(data_file(rows), rows))
+        [seconds], peak_mb = loader_land(warehouse, [load_folder(data_file(rows), rows)])
         print(f"peak RSS at {rows:>9,} rows: {peak_mb:6.0f} MB  ({seconds:.1f} s, {rows / seconds:,.0f} rows/s)")
     cleanup(warehouse)
     return 0

@@ -89,7 +89,15 @@ def preload_dlt() -> None:
 
     def _import() -> None:
         _dlt_environment()
-        import dlt.destinations  # noqa: F401
+        import dlt.destinations
+        import dlt.destinations.impl.postgres.postgres  # noqa: F401  (imported by the load step)
+        from dlt.common.configuration.container import Container
+        from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
+
+        # dlt reads its config files on first use, and looks for Streamlit's
+        # secrets when Streamlit is installed, which imports all of Streamlit:
+        # another half second, done here too.
+        _ = Container()[PluggableRunContext].providers
 
     threading.Thread(target=_import, name="loader-import-dlt", daemon=True).start()
 
