@@ -62,9 +62,18 @@ def build_vars(run_id: int, key: LoadKey, date_format: str | None) -> dict[str, 
 
 
 def dbt_build(
-    warehouse: Warehouse, home: Path, dbt_vars: dict[str, Any], *, select: str | None = None, gates_only: bool = True
+    warehouse: Warehouse,
+    home: Path,
+    dbt_vars: dict[str, Any] | None = None,
+    *,
+    select: str | None = None,
+    gates_only: bool = True,
 ) -> DbtOutcome:
-    """Run `dbt build` for one load; never raises for a failed model or test."""
+    """Run `dbt build` for one load; never raises for a failed model or test.
+
+    Without vars, dbt validates the load named in loader_registry.dbt_context
+    (registry.set_dbt_context), and its parse of the project stays cached.
+    """
     from dbt.cli.main import dbtRunner
 
     # profiles.yml reads the connection from these variables (env_var()), exactly as by hand.
@@ -75,9 +84,10 @@ def dbt_build(
         "--profiles-dir", str(PROFILES_DIR),
         "--target-path", str(home / "dbt" / "target"),
         "--log-path", str(home / "dbt" / "logs"),
-        "--vars", json.dumps(dbt_vars),
         "--quiet",
     ]
+    if dbt_vars is not None:
+        args += ["--vars", json.dumps(dbt_vars)]
     if gates_only:
         # Unit tests and the inner layers' invariant tests check the SQL itself, not the
         # load: CI runs them on every change; a load runs the gates on its plan and audit.

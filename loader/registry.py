@@ -101,6 +101,20 @@ def set_fingerprint(conn: psycopg2.extensions.connection, run_id: int, digest: s
         cur.execute("update loader_registry.runs set fingerprint = %s where run_id = %s", (digest, run_id))
 
 
+def set_dbt_context(
+    conn: psycopg2.extensions.connection, run_id: int, key: LoadKey, date_format: str | None
+) -> None:
+    """Name the load the next dbt build validates (call it under the transform lock)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "insert into loader_registry.dbt_context (run_id, partner_id, shop_id, load_id, date_format)"
+            " values (%s, %s, %s, %s, %s) on conflict (singleton) do update set run_id = excluded.run_id,"
+            " partner_id = excluded.partner_id, shop_id = excluded.shop_id, load_id = excluded.load_id,"
+            " date_format = excluded.date_format, set_at = clock_timestamp()",
+            (run_id, key.partner_id, key.shop_id, key.load_id, date_format),
+        )
+
+
 def record_problems(conn: psycopg2.extensions.connection, run_id: int, problems: Sequence[Problem]) -> None:
     if not problems:
         return

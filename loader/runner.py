@@ -13,7 +13,7 @@ import psycopg2.extensions
 from loader.contracts import Contract
 from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
-from loader.dbt_runner import build_vars, dbt_build
+from loader.dbt_runner import dbt_build
 from loader.identical_rerun import carry_over, fingerprint, previous_identical_run
 from loader.landing import LandedFile, LandingError, load, preload_dlt, prepare
 from loader.load_key import LoadKey
@@ -25,6 +25,7 @@ from loader.registry import (
     RunStatus,
     exception_counts,
     record_problems,
+    set_dbt_context,
     set_fingerprint,
     set_status,
     shop_lock,
@@ -163,7 +164,8 @@ def _transform_and_publish(
                 previous = None
         if previous is None:
             progress.status("validating and mapping with dbt")
-            outcome = dbt_build(warehouse, home, build_vars(run_id, key, date_format))
+            set_dbt_context(conn, run_id, key, date_format)
+            outcome = dbt_build(warehouse, home)
             if not outcome.success:
                 set_status(conn, run_id, "failed", outcome.summary()[:4000])
                 return RunOutcome(run_id, "failed", verification, landed, message=outcome.summary())

@@ -236,3 +236,26 @@ def test_rerun_is_unchanged_and_a_later_load_updates_and_resolves_against_produc
     assert changed == {"CUS-000004", "CUS-NEW"}
     assert query(shop_db, "select last_name, load_id from prod_sms.customers where external_id = 'CUS-000004'") == [
         ("Changed-Name", second_load)]
+
+
+def test_without_vars_dbt_validates_the_load_the_loader_named(shop_db: Warehouse, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader passes no vars (so dbt's parse stays cached): the load comes from loader_registry.dbt_context."""
+    from loader.database import ensure_registry
+    from loader.dbt_runner import dbt_build as loader_dbt_build
+    from loader.load_key import LoadKey
+    from loader.registry import set_dbt_context
+
+    ensure_registry(shop_db)
+    execute(shop_db, "delete from loader_registry.dbt_context")
+    missing = loader_dbt_build(shop_db, tmp_path / "home", select="stg_sms__customers_exceptions")
+    assert not missing.success and "no load to validate" in missing.summary()
+
+    bad = make_load(tmp_path, {"customers.csv": b"external_customer_id,last_name,email\r\nC1,Ng,not-an-email\r\n"},
+                    shop=SHOP, partner=PARTNER, load_id="by-context")
+    run_id = land(shop_db, bad, tmp_path / "home")
+    with contextlib.closing(shop_db.connect()) as conn:
+        set_dbt_context(conn, run_id, LoadKey.of(PARTNER, SHOP, "by-context"), None)
+    built = loader_dbt_build(shop_db, tmp_path / "home")
+    assert built.success, built.summary()
+    assert reported(shop_db, run_id) == {("customers", 1, 2, "email", "format")}

@@ -103,3 +103,16 @@ create table if not exists loader_registry.run_files (
     newly_landed boolean not null,
     primary key (run_id, entity)
 );
+
+-- The load that the loader's next dbt build validates (dbt macro sms_load_context):
+-- one row, replaced before each build under the transform lock. dbt reads it at
+-- run time, so the loader passes no vars and dbt's parse stays cached.
+create table if not exists loader_registry.dbt_context (
+    singleton boolean primary key default true check (singleton),
+    run_id bigint not null references loader_registry.runs (run_id),
+    partner_id text not null,
+    shop_id text not null,
+    load_id text not null,
+    date_format text,
+    set_at timestamptz not null default clock_timestamp()
+);

@@ -1,12 +1,39 @@
 {#-
-    The load being transformed, from the vars the loader passes:
+    The load being transformed. By hand, from vars:
     dbt build --vars '{run_id: 42, partner_id: acme, shop_id: shop-1, load_id: 2025-08-22_a}'.
+    From the loader, from the one row of loader_registry.dbt_context, which it
+    writes before each build (under its transform lock): vars that change
+    every load would make dbt parse the whole project again each time, about
+    4 s, while a table read at run time leaves the parse cached. Without vars
+    and without a row, there is no load to validate, which is an error.
     Values are pasted into SQL, so each is checked again here (the loader
     already refused anything else) before it becomes a quoted literal.
 -#}
+{%- macro sms_load_context() -%}
+    {%- set names = ['run_id', 'partner_id', 'shop_id', 'load_id', 'date_format'] %}
+    {%- if var('run_id', none) is not none or not execute %}
+        {%- set context = {} %}
+        {%- for name in names %}
+            {%- do context.update({name: var(name, none)}) %}
+        {%- endfor %}
+        {%- do return(context) %}
+    {%- endif %}
+    {%- set rows = run_query('select ' ~ names | join(', ') ~ ' from loader_registry.dbt_context') %}
+    {%- if rows | length != 1 %}
+        {% do exceptions.raise_compiler_error(
+            "no load to validate: pass --vars '{run_id: N, partner_id: ..., shop_id: ..., load_id: ...}'"
+            ~ " (loader dbt-vars LOAD prints them), or run the load with the loader"
+        ) %}
+    {%- endif %}
+    {%- set context = {} %}
+    {%- for name in names %}
+        {%- do context.update({name: rows[0][name]}) %}
+    {%- endfor %}
+    {%- do return(context) %}
+{%- endmacro -%}
 
 {%- macro sms_load_var(name) -%}
-    {% set value = var(name, none) %}
+    {% set value = sms_load_context()[name] %}
     {% if execute %}
         {% if value is none or not modules.re.match('^[A-Za-z0-9._-]{1,64}$', value | string) %}
             {% do exceptions.raise_compiler_error(
@@ -25,7 +52,7 @@
 
 {#- The run id as a SQL integer: only digits may get there. -#}
 {%- macro sms_run_id() -%}
-    {% set run_id = var('run_id', none) %}
+    {% set run_id = sms_load_context()['run_id'] %}
     {% if execute and (run_id is none or not (run_id | string).isdigit()) %}
         {% do exceptions.raise_compiler_error("needs the run: --vars '{run_id: N}', got " ~ run_id) %}
     {% endif %}

@@ -35,12 +35,12 @@
 
 {#-
     How dates are written: ISO 8601 unless the partner's strftime format is
-    passed as var `date_format` (for example %m/%d/%Y). Returns the regex that
+    given as `date_format` (for example %m/%d/%Y; see sms_load_context). Returns the regex that
     captures the parts, which capture group holds the year, month and day,
     the equivalent PostgreSQL to_date() pattern and a label for messages.
 -#}
 {%- macro sms_date_format() -%}
-    {% set strftime = var('date_format', none) %}
+    {% set strftime = sms_load_context()['date_format'] %}
     {#
         partners.yml only accepts formats holding a day, a month and a
         four-digit year, so one without a directive (such as sqlfluff's

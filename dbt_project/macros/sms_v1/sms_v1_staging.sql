@@ -10,19 +10,12 @@
     run registry, not the load key, says which rows belong to a run.
 -#}
 {%- macro sms_v1_run_rows(entity) -%}
-    {%- set run_id = var('run_id', none) %}
-    {#- The id is pasted into SQL: only digits may get there. #}
-    {%- if execute and (run_id is none or not (run_id | string).isdigit()) %}
-        {% do exceptions.raise_compiler_error(
-            "staging needs the run to validate: --vars '{run_id: N}', got " ~ run_id
-        ) %}
-    {%- endif %}
     select *
     from {{ source('raw_sms_v1', entity) }}
     where _file_id = (
         select run_files.file_id
         from {{ source('loader_registry', 'run_files') }} as run_files
-        where run_files.run_id = {{ run_id }} and run_files.entity = {{ sms_sql_string(entity) }}
+        where run_files.run_id = {{ sms_run_id() }} and run_files.entity = {{ sms_sql_string(entity) }}
     )
 {%- endmacro -%}
 
