@@ -1,19 +1,23 @@
 """The dbt call: one in-process `dbt build` per load, against the loader's database.
 
 dbt's start-up costs seconds, so it runs once per load (not per model or
-entity), in this process through dbtRunner, with the load passed as vars.
+entity), in this process through dbtRunner. The load comes from the
+registry's dbt_context row rather than vars, so that dbt's parse of the
+project stays cached from one load to the next.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loader.database import Warehouse
 from loader.load_key import LoadKey
+from loader.publish import Relation
 
 REPO = Path(__file__).resolve().parent.parent
 DBT_PROJECT = REPO / "dbt_project"
@@ -61,6 +65,17 @@ def build_vars(run_id: int, key: LoadKey, date_format: str | None) -> dict[str, 
     }
 
 
+def _model_built_callback(on_model_built: Callable[[str, Relation], None]) -> Callable[[Any], None]:
+    def callback(event: Any) -> None:
+        if event.info.name != "NodeFinished":
+            return
+        node = event.data.node_info
+        if node.unique_id.startswith("model.") and node.node_status == "success":
+            on_model_built(node.node_name, Relation(node.node_relation.schema, node.node_relation.alias))
+
+    return callback
+
+
 def dbt_build(
     warehouse: Warehouse,
     home: Path,
@@ -68,11 +83,13 @@ def dbt_build(
     *,
     select: str | None = None,
     gates_only: bool = True,
+    on_model_built: Callable[[str, Relation], None] | None = None,
 ) -> DbtOutcome:
     """Run `dbt build` for one load; never raises for a failed model or test.
 
     Without vars, dbt validates the load named in loader_registry.dbt_context
     (registry.set_dbt_context), and its parse of the project stays cached.
+    `on_model_built(name, relation)` is called, from dbt's threads, as each model is built.
     """
     from dbt.cli.main import dbtRunner
 
@@ -94,7 +111,8 @@ def dbt_build(
         args += ["--exclude-resource-type", "unit_test", "--exclude", "test_type:data,tag:inner"]
     if select:
         args += ["--select", select]
-    result = dbtRunner().invoke(args)
+    callbacks = [] if on_model_built is None else [_model_built_callback(on_model_built)]
+    result = dbtRunner(callbacks=callbacks).invoke(args)
     if result.exception is not None:
         return DbtOutcome(False, error=str(result.exception))
     outcome = DbtOutcome(bool(result.success))

@@ -9,6 +9,7 @@ transaction, so a failure anywhere leaves production exactly as it was.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,20 +147,100 @@ def _publish_entity(
 def publish(
     conn: psycopg2.extensions.connection, contract: Contract, target_dir: Path
 ) -> list[EntityPublished]:
-    """Apply every entity's plan in dependency order, in one transaction."""
-    plans = {e.name: dbt_relation(target_dir, f"publish_{e.name}") for e in contract.entities}
-    done: list[EntityPublished] = []
-    try:
-        with conn, conn.cursor() as cur:
-            triggers_skipped = _skip_row_triggers(cur)
-            for entity in contract.entities:
-                done.append(_publish_entity(cur, contract, entity.name, plans[entity.name]))
-            _check_references(cur, contract, plans, lock_parents=triggers_skipped)
-    except psycopg2.Error as exc:
-        failed = contract.entities[min(len(done), len(contract.entities) - 1)].name
-        raise PublishError(f"publishing {failed} failed, nothing was published: {exc.pgerror or exc}".strip()) \
-            from exc
-    return done
+    """Apply every entity's plan (as dbt last built it) in dependency order, in one transaction."""
+    publisher = Publisher(conn, contract)
+    for entity in contract.entities:
+        model = f"publish_{entity.name}"
+        publisher.model_built(model, dbt_relation(target_dir, model))
+    publisher.start()
+    return publisher.finish(commit=True)
+
+
+class Publisher:
+    """Publishes each plan while dbt builds the rest, in one transaction that commits at the end or not at all.
+
+    The loader's dbt build calls `model_built` as each plan is ready; a thread
+    of this class's own applies the plans in dependency order meanwhile, on a
+    connection of its own, so the publishing of parents overlaps the checks
+    of the line items (the longest part of a build). `finish` then commits
+    only if the whole build passed and every plan applied, and rolls back
+    otherwise: production sees all of a load or none of it, as before.
+    Nothing it writes is visible to dbt's own reads of production until then.
+    """
+
+    def __init__(self, conn: psycopg2.extensions.connection, contract: Contract) -> None:
+        self._conn = conn
+        self._contract = contract
+        self._plans: dict[str, Relation] = {}
+        self._build_ended = False
+        self._ready = threading.Condition()
+        self._done: list[EntityPublished] = []
+        self._failure: PublishError | None = None
+        self._triggers_skipped = False
+        self._thread = threading.Thread(target=self._apply_plans, name="loader-publish", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def model_built(self, model: str, relation: Relation) -> None:
+        """dbt built `model` (any model; plans are picked out by name). Called from dbt's threads."""
+        with self._ready:
+            self._plans[model] = relation
+            self._ready.notify_all()
+
+    def _plan(self, entity: str) -> Relation | None:
+        """The entity's plan once dbt has built it; None when the build ended without it."""
+        with self._ready:
+            while f"publish_{entity}" not in self._plans and not self._build_ended:
+                self._ready.wait()
+            return self._plans.get(f"publish_{entity}")
+
+    def _apply_plans(self) -> None:
+        entity = self._contract.entities[0].name
+        try:
+            with self._conn.cursor() as cur:
+                self._triggers_skipped = _skip_row_triggers(cur)
+                for e in self._contract.entities:
+                    entity = e.name
+                    plan = self._plan(entity)
+                    if plan is None:
+                        return
+                    self._done.append(_publish_entity(cur, self._contract, entity, plan))
+        except psycopg2.Error as exc:
+            self._failure = PublishError(
+                f"publishing {entity} failed, nothing was published: {exc.pgerror or exc}".strip())
+        except PublishError as exc:
+            self._failure = exc
+
+    def finish(self, *, commit: bool) -> list[EntityPublished]:
+        """Wait for the plans to be applied, then commit them all (when `commit`) or roll every one back.
+
+        Raises PublishError when committing was asked for and could not be done.
+        """
+        with self._ready:
+            self._build_ended = True
+            self._ready.notify_all()
+        self._thread.join()
+        try:
+            if not commit:
+                self._conn.rollback()
+                return []
+            if self._failure is not None:
+                raise self._failure
+            missing = [e.name for e in self._contract.entities[len(self._done):]]
+            if missing:
+                raise PublishError(f"dbt did not build the plan of {', '.join(missing)}; nothing was published")
+            with self._conn.cursor() as cur:
+                plans = {e.name: self._plans[f"publish_{e.name}"] for e in self._contract.entities}
+                _check_references(cur, self._contract, plans, lock_parents=self._triggers_skipped)
+            self._conn.commit()
+            return self._done
+        except psycopg2.Error as exc:
+            self._conn.rollback()
+            raise PublishError(f"publishing failed, nothing was published: {exc.pgerror or exc}".strip()) from exc
+        except BaseException:
+            self._conn.rollback()
+            raise
 
 
 def _skip_row_triggers(cur: psycopg2.extensions.cursor) -> bool:

@@ -20,7 +20,7 @@ from loader.load_key import LoadKey
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
 from loader.partners import PartnersFile
 from loader.progress import Progress
-from loader.publish import PublishError, ensure_production, publish
+from loader.publish import Publisher, PublishError, ensure_production
 from loader.registry import (
     RunStatus,
     exception_counts,
@@ -150,7 +150,7 @@ def _transform_and_publish(
     home: Path,
     progress: Progress,
 ) -> RunOutcome:
-    """dbt build (validate, map, plan, audit), then publish the plan in one transaction."""
+    """dbt build (validate, map, plan, audit), publishing each plan in one transaction that commits after it."""
     ensure_production(conn, contract)
     target = home / "dbt" / "target"
     digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format)
@@ -163,18 +163,20 @@ def _transform_and_publish(
             except PublishError:
                 previous = None
         if previous is None:
-            progress.status("validating and mapping with dbt")
+            progress.status(f"validating and mapping with dbt, publishing into {contract.production_schema}")
             set_dbt_context(conn, run_id, key, date_format)
-            outcome = dbt_build(warehouse, home)
+            with contextlib.closing(warehouse.connect()) as publish_conn:
+                publisher = Publisher(publish_conn, contract)
+                publisher.start()
+                outcome = dbt_build(warehouse, home, on_model_built=publisher.model_built)
+                try:
+                    publisher.finish(commit=outcome.success)
+                except PublishError as exc:
+                    set_status(conn, run_id, "failed", str(exc)[:4000])
+                    return RunOutcome(run_id, "failed", verification, landed, message=str(exc))
             if not outcome.success:
                 set_status(conn, run_id, "failed", outcome.summary()[:4000])
                 return RunOutcome(run_id, "failed", verification, landed, message=outcome.summary())
-            progress.status(f"publishing into {contract.production_schema}")
-            try:
-                publish(conn, contract, target)
-            except PublishError as exc:
-                set_status(conn, run_id, "failed", str(exc)[:4000])
-                return RunOutcome(run_id, "failed", verification, landed, message=str(exc))
         set_fingerprint(conn, run_id, digest)
     errors, warnings = exception_counts(conn, target, run_id)
     message = (f"identical to run {previous}: every valid row unchanged, nothing to publish" if previous

@@ -214,6 +214,22 @@ def test_publish_refuses_a_reference_that_production_does_not_have(db: Warehouse
     assert snapshot(db) == before
 
 
+def test_a_build_that_fails_after_the_plans_were_applied_leaves_production_unchanged(
+        db: Warehouse, tmp_path: Path, sample, capsys) -> None:
+    """Plans are applied while dbt builds the rest; a failure at the very end (the ledger) still rolls them back."""
+    assert main(["run", str(make_load(tmp_path, {"customers.csv": CUSTOMERS_A}, shop=sample.folder.parts[-2],
+                                      partner=sample.folder.parts[-3], load_id="earlier"))]) == 0
+    before = snapshot(db)
+    # The ledger is the last model dbt builds, after every plan.
+    query(db, "alter table analytics_audit.ledger add constraint refuse_all check (false) not valid")
+    capsys.readouterr()
+    assert main(["run", str(sample.folder)]) == 1
+    assert "refuse_all" in capsys.readouterr().out
+    assert snapshot(db) == before
+    [(status, message)] = query(db, "select status, message from loader_registry.runs order by run_id desc limit 1")
+    assert status == "failed" and "ledger" in message
+
+
 def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...]]:
     """A shop's rows without the columns that differ between shops (ids, shop, timestamps)."""
     skip = {"id", "shop_id", "created_at", "updated_at", "customer_id", "vehicle_id", "invoice_id",

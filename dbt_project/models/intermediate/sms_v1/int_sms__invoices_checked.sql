@@ -6,6 +6,11 @@
 -- is rejected for a staging error, an id shared with another row, or a
 -- customer or vehicle that is `orphan` or `parent_rejected`. A vehicle owned
 -- by another customer (in this load or in production) is only a warning.
+--
+-- As in int_sms__line_items_checked: the invoices are read by CTEs that
+-- PostgreSQL inlines, production is asked only about references this load
+-- does not resolve (normally none), and a customer's or vehicle's internal id
+-- is taken from its checked row rather than worked out again per invoice.
 with
 
 staged as (
@@ -30,7 +35,9 @@ production_customers as (
     where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
 ),
 
-production_vehicles as (
+-- Not materialized: a materialized copy has no index for the owner check's
+-- lookup of a vehicle by its primary key.
+production_vehicles as not materialized (
     select * from {{ source('prod_sms', 'vehicles') }}
     where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
 ),
@@ -39,8 +46,9 @@ row_status as (
     {{ sms_row_status('row_exceptions', ['external_invoice_id', 'external_customer_id', 'external_vehicle_id']) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or reference.
-keyed as (
+-- A ragged record's fields, and a field with undecodable bytes, are no key or
+-- reference. Not materialized: each reader takes only the columns it needs.
+keyed as not materialized (
     select
         staged.*,
         coalesce(row_status.has_staging_error, false) as has_staging_error,
@@ -61,18 +69,24 @@ keyed as (
     left join row_status on staged.row_number = row_status.row_number
 ),
 
-id_counts as (
-    select
-        external_id,
-        count(*) as rows_with_id
+-- Normally none. Joined rather than read with `in` (`is_duplicate` is read
+-- twice, and each reading would aggregate all invoices again), and materialized
+-- so that parallel workers do not each aggregate them.
+duplicated_ids as materialized (
+    select external_id
     from keyed
     where external_id is not null
     group by external_id
+    having count(*) > 1
 ),
 
+-- Grouped by the external id alone, which the planner knows to be unique
+-- then; the internal id is the same on every row that carries it (taken with
+-- array_agg, as any_value() needs PostgreSQL 16).
 customers_in_load as (
     select
         external_id,
+        (array_agg(id))[1] as id,
         bool_and(is_rejected) as is_rejected
     from customers
     where external_id is not null
@@ -83,6 +97,7 @@ customers_in_load as (
 vehicles_in_load as (
     select
         external_id,
+        (array_agg(id))[1] as id,
         bool_and(is_rejected) as is_rejected,
         case when count(*) = 1 then min(customer_external_id) end as customer_external_id
     from vehicles
@@ -90,51 +105,56 @@ vehicles_in_load as (
     group by external_id
 ),
 
-resolved as (
-    select
-        keyed.*,
-        coalesce(id_counts.rows_with_id > 1, false) as is_duplicate,
-        {{ sms_internal_id('customers', 'keyed.customer_external_id') }} as customer_id,
-        {{ sms_internal_id('vehicles', 'keyed.vehicle_external_id') }} as vehicle_id
-    from keyed
-    left join id_counts on keyed.external_id = id_counts.external_id
-),
-
+-- The `in` sets and the owner lookup run only for a customer or vehicle that
+-- is not in this load, so production is normally not read at all.
 checked as (
     select
-        resolved.row_number,
-        resolved.line_number,
-        resolved.external_id,
-        {{ sms_internal_id('invoices', 'resolved.external_id') }} as id,
-        resolved.customer_external_id,
-        resolved.vehicle_external_id,
-        resolved.customer_id,
-        resolved.vehicle_id,
-        resolved.has_staging_error,
-        resolved.has_staging_warning,
-        resolved.is_duplicate,
-        resolved.customer_external_id is not null
+        keyed.row_number,
+        keyed.line_number,
+        keyed.external_id,
+        {{ sms_internal_id('invoices', 'keyed.external_id') }} as id,
+        keyed.customer_external_id,
+        keyed.vehicle_external_id,
+        coalesce(
+            customers_in_load.id, {{ sms_internal_id('customers', 'keyed.customer_external_id') }}
+        ) as customer_id,
+        coalesce(
+            vehicles_in_load.id, {{ sms_internal_id('vehicles', 'keyed.vehicle_external_id') }}
+        ) as vehicle_id,
+        keyed.has_staging_error,
+        keyed.has_staging_warning,
+        duplicated_ids.external_id is not null as is_duplicate,
+        keyed.customer_external_id is not null
         and customers_in_load.external_id is null
-        and production_customers.id is null as is_customer_orphan,
+        and {{ sms_internal_id('customers', 'keyed.customer_external_id') }}
+        not in (select production_customers.id from production_customers) as is_customer_orphan,
         coalesce(customers_in_load.is_rejected, false) as is_customer_parent_rejected,
-        resolved.vehicle_external_id is not null
+        keyed.vehicle_external_id is not null
         and vehicles_in_load.external_id is null
-        and production_vehicles.id is null as is_vehicle_orphan,
+        and {{ sms_internal_id('vehicles', 'keyed.vehicle_external_id') }}
+        not in (select production_vehicles.id from production_vehicles) as is_vehicle_orphan,
         coalesce(vehicles_in_load.is_rejected, false) as is_vehicle_parent_rejected,
         coalesce(
             case
                 when vehicles_in_load.external_id is not null
-                    then vehicles_in_load.customer_external_id <> resolved.customer_external_id
-                else production_vehicles.customer_id <> resolved.customer_id
+                    then vehicles_in_load.customer_external_id <> keyed.customer_external_id
+                when keyed.vehicle_external_id is not null
+                    then (
+                        select production_vehicles.customer_id
+                        from production_vehicles
+                        where production_vehicles.id = {{ sms_internal_id('vehicles', 'keyed.vehicle_external_id') }}
+                    )
+                    <> coalesce(
+                        customers_in_load.id, {{ sms_internal_id('customers', 'keyed.customer_external_id') }}
+                    )
             end,
             false
         ) as is_vehicle_owner_mismatch,
-        {{ sms_contract_columns('resolved', 'invoices') }}
-    from resolved
-    left join customers_in_load on resolved.customer_external_id = customers_in_load.external_id
-    left join production_customers on resolved.customer_id = production_customers.id
-    left join vehicles_in_load on resolved.vehicle_external_id = vehicles_in_load.external_id
-    left join production_vehicles on resolved.vehicle_id = production_vehicles.id
+        {{ sms_contract_columns('keyed', 'invoices') }}
+    from keyed
+    left join duplicated_ids on keyed.external_id = duplicated_ids.external_id
+    left join customers_in_load on keyed.customer_external_id = customers_in_load.external_id
+    left join vehicles_in_load on keyed.vehicle_external_id = vehicles_in_load.external_id
 ),
 
 final as (

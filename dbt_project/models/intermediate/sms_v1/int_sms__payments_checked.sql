@@ -5,6 +5,11 @@
 -- The payments of one run, each with its verdict and internal ids. A payment is
 -- rejected for a staging error, an id shared with another row, or an invoice
 -- that is `orphan` or `parent_rejected`.
+--
+-- As in int_sms__line_items_checked: the payments are read by CTEs that
+-- PostgreSQL inlines, production is asked only about invoices this load does
+-- not have (normally none), and an invoice's internal id is taken from its
+-- checked row rather than worked out again per payment.
 with
 
 staged as (
@@ -29,8 +34,9 @@ row_status as (
     {{ sms_row_status('row_exceptions', ['external_payment_id', 'external_invoice_id']) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or reference.
-keyed as (
+-- A ragged record's fields, and a field with undecodable bytes, are no key or
+-- reference. Not materialized: each reader takes only the columns it needs.
+keyed as not materialized (
     select
         staged.*,
         coalesce(row_status.has_staging_error, false) as has_staging_error,
@@ -47,52 +53,53 @@ keyed as (
     left join row_status on staged.row_number = row_status.row_number
 ),
 
-id_counts as (
-    select
-        external_id,
-        count(*) as rows_with_id
+-- Normally none. Joined rather than read with `in` (`is_duplicate` is read
+-- twice, and each reading would aggregate all payments again), and materialized
+-- so that parallel workers do not each aggregate them.
+duplicated_ids as materialized (
+    select external_id
     from keyed
     where external_id is not null
     group by external_id
+    having count(*) > 1
 ),
 
+-- Grouped by the external id alone, which the planner knows to be unique
+-- then; the internal id is the same on every row that carries it.
 invoices_in_load as (
     select
         external_id,
+        (array_agg(id))[1] as id,
         bool_and(is_rejected) as is_rejected
     from invoices
     where external_id is not null
     group by external_id
 ),
 
-resolved as (
-    select
-        keyed.*,
-        coalesce(id_counts.rows_with_id > 1, false) as is_duplicate,
-        {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }} as invoice_id
-    from keyed
-    left join id_counts on keyed.external_id = id_counts.external_id
-),
-
+-- The `in` set is hashed on first use, so production is read only if some
+-- payment's invoice is not in this load.
 checked as (
     select
-        resolved.row_number,
-        resolved.line_number,
-        resolved.external_id,
-        {{ sms_internal_id('payments', 'resolved.external_id') }} as id,
-        resolved.invoice_external_id,
-        resolved.invoice_id,
-        resolved.has_staging_error,
-        resolved.has_staging_warning,
-        resolved.is_duplicate,
-        resolved.invoice_external_id is not null
+        keyed.row_number,
+        keyed.line_number,
+        keyed.external_id,
+        {{ sms_internal_id('payments', 'keyed.external_id') }} as id,
+        keyed.invoice_external_id,
+        coalesce(
+            invoices_in_load.id, {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
+        ) as invoice_id,
+        keyed.has_staging_error,
+        keyed.has_staging_warning,
+        duplicated_ids.external_id is not null as is_duplicate,
+        keyed.invoice_external_id is not null
         and invoices_in_load.external_id is null
-        and production_invoices.id is null as is_invoice_orphan,
+        and {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
+        not in (select production_invoices.id from production_invoices) as is_invoice_orphan,
         coalesce(invoices_in_load.is_rejected, false) as is_invoice_parent_rejected,
-        {{ sms_contract_columns('resolved', 'payments') }}
-    from resolved
-    left join invoices_in_load on resolved.invoice_external_id = invoices_in_load.external_id
-    left join production_invoices on resolved.invoice_id = production_invoices.id
+        {{ sms_contract_columns('keyed', 'payments') }}
+    from keyed
+    left join duplicated_ids on keyed.external_id = duplicated_ids.external_id
+    left join invoices_in_load on keyed.invoice_external_id = invoices_in_load.external_id
 ),
 
 final as (
