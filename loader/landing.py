@@ -39,6 +39,8 @@ from loader.progress import Progress
 CHUNK_MAX_ROWS = 1_000_000
 SPOOL_IN_FLIGHT = 4
 _PG_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
+# dlt's project directory, for its (empty) secrets.toml: see there.
+DLT_PROJECT_DIR = Path(__file__).parent / "dlt_project"
 
 
 class LandingError(RuntimeError):
@@ -82,10 +84,11 @@ def _dlt_environment() -> None:
     # dlt reads its settings from the environment; these are the loader's fixed choices.
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     os.environ.setdefault("RESTORE_FROM_DESTINATION", "false")
+    os.environ.setdefault("DLT_PROJECT_DIR", str(DLT_PROJECT_DIR))
 
 
 def preload_dlt() -> None:
-    """Import dlt in the background: it takes most of a second, which verification can hide."""
+    """Import dlt in the background: it takes about a second, which parsing the files can hide."""
 
     def _import() -> None:
         _dlt_environment()
@@ -94,9 +97,7 @@ def preload_dlt() -> None:
         from dlt.common.configuration.container import Container
         from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
 
-        # dlt reads its config files on first use, and looks for Streamlit's
-        # secrets when Streamlit is installed, which imports all of Streamlit:
-        # another half second, done here too.
+        # dlt reads its config files on first use: done here too.
         _ = Container()[PluggableRunContext].providers
 
     threading.Thread(target=_import, name="loader-import-dlt", daemon=True).start()
@@ -200,6 +201,9 @@ def prepare(
                     cur.execute("select nextval(pg_get_serial_sequence('loader_registry.landed_files', 'file_id'))")
                     file_id = cur.fetchone()[0]
                 prepared.files.append(PreparedFile(vf, file_id, 0, 0, False, retry=found is not None))
+        if not all(pf.already_landed for pf in prepared.files):
+            # Only now: an identical rerun lands nothing and should not pay for dlt.
+            preload_dlt()
         for pf in prepared.files:
             if not pf.already_landed:
                 _spool(pf, encoding, prepared.work_dir, workers, progress)

@@ -15,7 +15,7 @@ from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
 from loader.dbt_runner import dbt_build
 from loader.identical_rerun import carry_over, fingerprint, previous_identical_run
-from loader.landing import LandedFile, LandingError, load, preload_dlt, prepare
+from loader.landing import LandedFile, LandingError, load, prepare
 from loader.load_key import LoadKey
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
 from loader.partners import PartnersFile
@@ -80,7 +80,6 @@ def run_load(
 ) -> RunOutcome:
     """Verify, land, then (unless `transform` is off, as for the landing benchmark) validate and publish."""
     ensure_registry(warehouse)
-    preload_dlt()
     with contextlib.closing(warehouse.connect()) as conn:
         progress.status(f"verifying {folder}")
         # Record counts are checked below, from the landing parse, before anything is written.
