@@ -188,23 +188,39 @@ class Publisher:
             self._plans[model] = relation
             self._ready.notify_all()
 
-    def _plan(self, entity: str) -> Relation | None:
-        """The entity's plan once dbt has built it; None when the build ended without it."""
+    def _next_plan(self, remaining: list[str], *, in_order: bool) -> tuple[str, Relation] | None:
+        """The next plan to apply once dbt has built it; None when the build ended without it.
+
+        `in_order`: the first remaining entity's, else whichever remaining plan
+        is built first (the earliest in dependency order among those ready).
+        """
+        candidates = remaining[:1] if in_order else remaining
         with self._ready:
-            while f"publish_{entity}" not in self._plans and not self._build_ended:
+            while True:
+                for entity in candidates:
+                    plan = self._plans.get(f"publish_{entity}")
+                    if plan is not None:
+                        return entity, plan
+                if self._build_ended:
+                    return None
                 self._ready.wait()
-            return self._plans.get(f"publish_{entity}")
 
     def _apply_plans(self) -> None:
-        entity = self._contract.entities[0].name
+        remaining = [e.name for e in self._contract.entities]
+        entity = remaining[0]
         try:
             with self._conn.cursor() as cur:
                 self._triggers_skipped = _skip_row_triggers(cur)
-                for e in self._contract.entities:
-                    entity = e.name
-                    plan = self._plan(entity)
-                    if plan is None:
+                while remaining:
+                    # With the row triggers on, a child's rows need their parents in
+                    # first; with them off, references are checked at the end, so a
+                    # plan goes in as soon as it is built (payments need not wait
+                    # for the line items).
+                    found = self._next_plan(remaining, in_order=not self._triggers_skipped)
+                    if found is None:
                         return
+                    entity, plan = found
+                    remaining.remove(entity)
                     self._done.append(_publish_entity(cur, self._contract, entity, plan))
         except psycopg2.Error as exc:
             self._failure = PublishError(
@@ -227,7 +243,8 @@ class Publisher:
                 return []
             if self._failure is not None:
                 raise self._failure
-            missing = [e.name for e in self._contract.entities[len(self._done):]]
+            published = {d.entity for d in self._done}
+            missing = [e.name for e in self._contract.entities if e.name not in published]
             if missing:
                 raise PublishError(f"dbt did not build the plan of {', '.join(missing)}; nothing was published")
             with self._conn.cursor() as cur:
@@ -315,15 +332,24 @@ def _check_references(
             "parent_column": sql.Identifier(fk.parent_column),
         }
         if lock_parents:
+            # Parents this publish inserts are invisible to everyone else until it commits.
+            new_parents = sql.SQL("")
+            if fk.parent in plans:
+                new_parents = sql.SQL(
+                    "and not exists (select from {parent_plan} as pp where pp.{parent_column} = p.{column}"
+                    " and pp._action = 'insert')"
+                ).format(parent_plan=plans[fk.parent].ident(), column=fmt["column"],
+                         parent_column=fmt["parent_column"])
             cur.execute(sql.SQL("""
                 select count(*) from (
                     select from {parent} as t
-                    where t.xmin <> pg_current_xact_id()::xid and t.{parent_column} in (
-                        select p.{column} from {plan} as p where p._action <> 'unchanged'
+                    where t.{parent_column} in (
+                        select p.{column} from {plan} as p
+                        where p._action <> 'unchanged' and p.{column} is not null {new_parents}
                     )
                     for key share of t
                 ) as held
-                """).format(**fmt))
+                """).format(new_parents=new_parents, **fmt))
         cur.execute(sql.SQL("""
             select count(*), min(p._row_number)
             from {plan} as p
