@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -259,3 +260,24 @@ def test_unknown_load_exits_1(db: Warehouse, capsys) -> None:
     assert main(["exceptions", "acme/shop-1/nothing"]) == 1
     assert main(["exceptions", "acme/shop-1/nothing", "--entity", "employees"]) == 2
     assert "unknown entity 'employees'" in capsys.readouterr().err
+
+
+def test_a_role_that_may_not_skip_row_triggers_keeps_them_and_its_transaction(db: Warehouse) -> None:
+    """On a server where the loader is not a superuser, publishing falls back to PostgreSQL's own checks."""
+    from loader.publish import _skip_row_triggers
+
+    role = f"no_super_{uuid.uuid4().hex[:8]}"
+    query(db, f"create role {role} login")
+    try:
+        with contextlib.closing(dataclasses.replace(db, user=role).connect()) as conn, conn.cursor() as cur:
+            assert _skip_row_triggers(cur) is False
+            cur.execute("select current_setting('session_replication_role'), 1")
+            assert cur.fetchone() == ("origin", 1)
+        with contextlib.closing(db.connect()) as conn, conn.cursor() as cur:
+            cur.execute("select rolsuper from pg_roles where rolname = current_user")
+            superuser = cur.fetchone()[0]
+            assert _skip_row_triggers(cur) is superuser
+            cur.execute("select current_setting('session_replication_role')")
+            assert cur.fetchone() == ("replica" if superuser else "origin",)
+    finally:
+        query(db, f"drop role {role}")
