@@ -18,6 +18,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import Contract
+from loader.load_key import LoadKey
 
 # Production columns that are bookkeeping, not the entity's values: a row whose
 # values are all equal is "unchanged" even when these differ.
@@ -74,7 +75,7 @@ def _business_columns(cur: psycopg2.extensions.cursor, schema: str, table: str) 
 
 
 def _publish_entity(
-    cur: psycopg2.extensions.cursor, contract: Contract, entity: str, plan: Relation
+    cur: psycopg2.extensions.cursor, contract: Contract, entity: str, plan: Relation, key: LoadKey
 ) -> EntityPublished:
     target = sql.Identifier(contract.production_schema, entity)
     crosswalk = sql.Identifier(contract.production_schema, "id_crosswalk")
@@ -116,6 +117,9 @@ def _publish_entity(
         )
     # Only rows new to production can be new to the crosswalk: both are written
     # here, in the same transaction, so an id in production is in the crosswalk.
+    # The shop's own key range, named as constants: joined on the plan's
+    # columns alone, PostgreSQL would read every shop's crosswalk rows.
+    shop = {"entity": entity, "partner": key.partner_id, "shop": key.shop_id}
     cur.execute(
         sql.SQL("""
         insert into {crosswalk} (internal_id, partner_id, shop_id, entity_type, external_id,
@@ -124,31 +128,31 @@ def _publish_entity(
         from {plan} as p
         where p._action = 'insert' and not exists (
             select from {crosswalk} as c
-            where c.partner_id = p.partner_id and c.shop_id = p.shop_id and c.entity_type = %(entity)s
+            where c.partner_id = %(partner)s and c.shop_id = %(shop)s and c.entity_type = %(entity)s
                 and c.external_id = p.external_id
         )
         """).format(**fmt),
-        {"entity": entity},
+        shop,
     )
     cur.execute(
         sql.SQL("""
         update {crosswalk} as c
         set last_load_id = p.load_id, last_seen_at = now()
         from {plan} as p
-        where p._action <> 'insert' and c.partner_id = p.partner_id and c.shop_id = p.shop_id
+        where p._action <> 'insert' and c.partner_id = %(partner)s and c.shop_id = %(shop)s
             and c.entity_type = %(entity)s and c.external_id = p.external_id
             and c.last_load_id is distinct from p.load_id
         """).format(**fmt),
-        {"entity": entity},
+        shop,
     )
     return EntityPublished(entity, inserted, updated)
 
 
 def publish(
-    conn: psycopg2.extensions.connection, contract: Contract, target_dir: Path
+    conn: psycopg2.extensions.connection, contract: Contract, target_dir: Path, key: LoadKey
 ) -> list[EntityPublished]:
-    """Apply every entity's plan (as dbt last built it) in dependency order, in one transaction."""
-    publisher = Publisher(conn, contract)
+    """Apply every entity's plan for the load `key` (as dbt last built it), in one transaction."""
+    publisher = Publisher(conn, contract, key)
     for entity in contract.entities:
         model = f"publish_{entity.name}"
         publisher.model_built(model, dbt_relation(target_dir, model))
@@ -168,9 +172,10 @@ class Publisher:
     Nothing it writes is visible to dbt's own reads of production until then.
     """
 
-    def __init__(self, conn: psycopg2.extensions.connection, contract: Contract) -> None:
+    def __init__(self, conn: psycopg2.extensions.connection, contract: Contract, key: LoadKey) -> None:
         self._conn = conn
         self._contract = contract
+        self._key = key
         self._plans: dict[str, Relation] = {}
         self._build_ended = False
         self._ready = threading.Condition()
@@ -221,7 +226,7 @@ class Publisher:
                         return
                     entity, plan = found
                     remaining.remove(entity)
-                    self._done.append(_publish_entity(cur, self._contract, entity, plan))
+                    self._done.append(_publish_entity(cur, self._contract, entity, plan, self._key))
         except psycopg2.Error as exc:
             self._failure = PublishError(
                 f"publishing {entity} failed, nothing was published: {exc.pgerror or exc}".strip())
@@ -249,7 +254,7 @@ class Publisher:
                 raise PublishError(f"dbt did not build the plan of {', '.join(missing)}; nothing was published")
             with self._conn.cursor() as cur:
                 plans = {e.name: self._plans[f"publish_{e.name}"] for e in self._contract.entities}
-                _check_references(cur, self._contract, plans, lock_parents=self._triggers_skipped)
+                _check_references(cur, self._contract, plans, self._key, lock_parents=self._triggers_skipped)
             self._conn.commit()
             return self._done
         except psycopg2.Error as exc:
@@ -312,7 +317,12 @@ def _foreign_keys(cur: psycopg2.extensions.cursor, schema: str) -> list[ForeignK
 
 
 def _check_references(
-    cur: psycopg2.extensions.cursor, contract: Contract, plans: dict[str, Relation], *, lock_parents: bool
+    cur: psycopg2.extensions.cursor,
+    contract: Contract,
+    plans: dict[str, Relation],
+    key: LoadKey,
+    *,
+    lock_parents: bool,
 ) -> None:
     """Every reference this publish wrote points at a production row, or nothing is published.
 
@@ -320,7 +330,10 @@ def _check_references(
     locked as the triggers would have locked them (FOR KEY SHARE), so that
     no one can delete them before this transaction commits; they are locked
     before they are looked for, so a delete that got in first is seen.
+    A parent must belong to the same shop (internal ids are made per shop);
+    naming the shop also keeps PostgreSQL from reading every shop's rows.
     """
+    shop = {"partner": key.partner_id, "shop": key.shop_id}
     schema = contract.production_schema
     for fk in _foreign_keys(cur, schema):
         if fk.table not in plans:
@@ -343,19 +356,22 @@ def _check_references(
             cur.execute(sql.SQL("""
                 select count(*) from (
                     select from {parent} as t
-                    where t.{parent_column} in (
+                    where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} in (
                         select p.{column} from {plan} as p
                         where p._action <> 'unchanged' and p.{column} is not null {new_parents}
                     )
                     for key share of t
                 ) as held
-                """).format(new_parents=new_parents, **fmt))
+                """).format(new_parents=new_parents, **fmt), shop)
         cur.execute(sql.SQL("""
             select count(*), min(p._row_number)
             from {plan} as p
             where p._action <> 'unchanged' and p.{column} is not null
-                and not exists (select from {parent} as t where t.{parent_column} = p.{column})
-            """).format(**fmt))
+                and not exists (
+                    select from {parent} as t
+                    where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} = p.{column}
+                )
+            """).format(**fmt), shop)
         missing, first_row = cur.fetchone()
         if missing:
             raise PublishError(

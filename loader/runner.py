@@ -165,7 +165,7 @@ def _transform_and_publish(
             progress.status(f"validating and mapping with dbt, publishing into {contract.production_schema}")
             set_dbt_context(conn, run_id, key, date_format)
             with contextlib.closing(warehouse.connect()) as publish_conn:
-                publisher = Publisher(publish_conn, contract)
+                publisher = Publisher(publish_conn, contract, key)
                 publisher.start()
                 outcome = dbt_build(warehouse, home, on_model_built=publisher.model_built)
                 try:
