@@ -1,56 +1,9 @@
-{%- set business_columns = [
-    'part_number',
-    'description',
-    'quantity_on_hand',
-    'cost',
-    'price',
-] -%}
--- The publish plan for prod_sms.inventory_parts: the valid stock parts of one run, in the
--- production table's shape (without created_at, updated_at and source markers,
--- which the publish step sets), each with what publishing it does to
--- production: insert, update (a business column differs) or nothing (unchanged).
-with
-
-checked as (
-    select * from {{ ref('int_sms__inventory_parts_checked') }}
-    where not is_rejected
-),
-
-production as (
-    select * from {{ source('prod_sms', 'inventory_parts') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
-),
-
-planned as (
-    select
-        checked.id,
-        {{ sms_load_literal('partner_id') }} as partner_id,
-        {{ sms_load_literal('shop_id') }} as shop_id,
-        checked.external_id,
-        {{ sms_load_literal('load_id') }} as load_id,
-        checked.part_number::text as part_number,
-        checked.description::text as description,
-        checked.quantity_on_hand::numeric as quantity_on_hand,
-        checked.cost::numeric(14, 2) as cost,
-        checked.price::numeric(14, 2) as price,
-        checked.row_number as _row_number,
-        checked.line_number as _line_number
-    from checked
-),
-
-final as (
-    select
-        planned.id,
-        planned.partner_id,
-        planned.shop_id,
-        planned.external_id,
-        planned.load_id,
-        {{ sms_column_list('planned', business_columns, trailing_comma=true) }}
-        planned._row_number,
-        planned._line_number,
-        {{ sms_publish_action('planned', 'production', business_columns) }} as _action
-    from planned
-    left join production on planned.id = production.id
-)
-
-select * from final
+-- The publish plan for prod_sms.inventory_parts: the valid stock parts of one run
+-- (see the macro for what a plan holds).
+{{ sms_v1_publish_plan('inventory_parts', [
+    ('part_number', 'text'),
+    ('description', 'text'),
+    ('quantity_on_hand', 'numeric'),
+    ('cost', 'numeric(14, 2)'),
+    ('price', 'numeric(14, 2)'),
+]) }}

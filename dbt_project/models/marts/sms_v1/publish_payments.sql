@@ -1,56 +1,9 @@
-{%- set business_columns = [
-    'invoice_id',
-    'payment_date',
-    'amount',
-    'method',
-    'reference',
-] -%}
--- The publish plan for prod_sms.payments: the valid payments and refunds of one run, in the
--- production table's shape (without created_at, updated_at and source markers,
--- which the publish step sets), each with what publishing it does to
--- production: insert, update (a business column differs) or nothing (unchanged).
-with
-
-checked as (
-    select * from {{ ref('int_sms__payments_checked') }}
-    where not is_rejected
-),
-
-production as (
-    select * from {{ source('prod_sms', 'payments') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
-),
-
-planned as (
-    select
-        checked.id,
-        {{ sms_load_literal('partner_id') }} as partner_id,
-        {{ sms_load_literal('shop_id') }} as shop_id,
-        checked.external_id,
-        {{ sms_load_literal('load_id') }} as load_id,
-        checked.invoice_id::uuid as invoice_id,
-        checked.payment_date::date as payment_date,
-        checked.amount::numeric(14, 2) as amount,
-        checked.method::text as method,
-        checked.reference::text as reference,
-        checked.row_number as _row_number,
-        checked.line_number as _line_number
-    from checked
-),
-
-final as (
-    select
-        planned.id,
-        planned.partner_id,
-        planned.shop_id,
-        planned.external_id,
-        planned.load_id,
-        {{ sms_column_list('planned', business_columns, trailing_comma=true) }}
-        planned._row_number,
-        planned._line_number,
-        {{ sms_publish_action('planned', 'production', business_columns) }} as _action
-    from planned
-    left join production on planned.id = production.id
-)
-
-select * from final
+-- The publish plan for prod_sms.payments: the valid payments and refunds of one run
+-- (see the macro for what a plan holds).
+{{ sms_v1_publish_plan('payments', [
+    ('invoice_id', 'uuid'),
+    ('payment_date', 'date'),
+    ('amount', 'numeric(14, 2)'),
+    ('method', 'text'),
+    ('reference', 'text'),
+]) }}
