@@ -12,10 +12,8 @@ stored again; its earlier rows are reused.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,19 +31,13 @@ from loader.database import Warehouse
 from loader.load_key import LoadKey
 from loader.manifest import VerifiedFile
 from loader.progress import Progress
+from loader.raw_copy import CopyJob, copy_chunks, preload
 
 # Spooled CSV chunks hold at most this many rows, and a file is cut into a
 # multiple of the worker count so that every parallel COPY stream stays busy.
 CHUNK_MAX_ROWS = 1_000_000
 SPOOL_IN_FLIGHT = 4
 _PG_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
-# dlt's project directory, for its (empty) secrets.toml: see there.
-DLT_PROJECT_DIR = Path(__file__).parent / "dlt_project"
-
-
-class LandingError(RuntimeError):
-    """dlt could not land the files; nothing of this attempt is kept."""
-
 
 @dataclass(frozen=True)
 class LandedFile:
@@ -78,29 +70,6 @@ class Prepared:
 
     def discard(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
-
-
-def _dlt_environment() -> None:
-    # dlt reads its settings from the environment; these are the loader's fixed choices.
-    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
-    os.environ.setdefault("RESTORE_FROM_DESTINATION", "false")
-    os.environ.setdefault("DLT_PROJECT_DIR", str(DLT_PROJECT_DIR))
-
-
-def preload_dlt() -> None:
-    """Import dlt in the background: it takes about a second, which parsing the files can hide."""
-
-    def _import() -> None:
-        _dlt_environment()
-        import dlt.destinations
-        import dlt.destinations.impl.postgres.postgres  # noqa: F401  (imported by the load step)
-        from dlt.common.configuration.container import Container
-        from dlt.common.configuration.specs.pluggable_run_context import PluggableRunContext
-
-        # dlt reads its config files on first use: done here too.
-        _ = Container()[PluggableRunContext].providers
-
-    threading.Thread(target=_import, name="loader-import-dlt", daemon=True).start()
 
 
 def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) -> None:
@@ -203,7 +172,7 @@ def prepare(
                 prepared.files.append(PreparedFile(vf, file_id, 0, 0, False, retry=found is not None))
         if not all(pf.already_landed for pf in prepared.files):
             # Only now: an identical rerun lands nothing and should not pay for dlt.
-            preload_dlt()
+            preload()
         for pf in prepared.files:
             if not pf.already_landed:
                 _spool(pf, encoding, prepared.work_dir, workers, progress)
@@ -275,35 +244,11 @@ def _run_dlt(
     workers: int,
     progress: Progress,
 ) -> None:
-    _dlt_environment()
-    import dlt
-
-    def hints_for(vf: VerifiedFile) -> object:
+    def columns_of(vf: VerifiedFile) -> tuple[tuple[str, str], ...]:
         layout = RawTableLayout.for_file(vf.entity, vf.header)
-        return dlt.mark.make_hints(
-            table_name=vf.entity.name,
-            columns=[{"name": c, "data_type": "text"} for c in layout.data_columns]
-            + [{"name": n, "data_type": "bigint" if t == pa.int64() else "text"} for n, t in LINEAGE_COLUMNS],
-        )
+        return tuple((c, "text") for c in layout.data_columns) + tuple(
+            (n, "bigint" if t == pa.int64() else "text") for n, t in LINEAGE_COLUMNS)
 
-    work_dir = Path(tempfile.mkdtemp(prefix="loader-dlt-"))
-    try:
-        resources = [
-            dlt.resource([dlt.mark.with_file_import(str(path), "csv", rows, hints=hints_for(pf.file))],
-                         name=path.stem, write_disposition="append")
-            for pf, path, rows in chunks
-        ]
-        pipeline = dlt.pipeline(
-            pipeline_name=f"loader_{contract.name}",
-            pipelines_dir=str(work_dir),
-            destination=dlt.destinations.postgres(credentials=warehouse.url),
-            dataset_name=contract.raw_dataset,
-        )
-        pipeline.extract(resources, schema=dlt.Schema(contract.raw_dataset))
-        pipeline.normalize()
-        progress.status(f"copying {sum(rows for _, _, rows in chunks):,} rows into {contract.raw_dataset}")
-        pipeline.load(workers=workers)
-    except Exception as exc:
-        raise LandingError(f"landing into {contract.raw_dataset} failed: {exc}") from exc
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    jobs = [CopyJob(path, rows, pf.file.entity.name, columns_of(pf.file)) for pf, path, rows in chunks]
+    progress.status(f"copying {sum(job.rows for job in jobs):,} rows into {contract.raw_dataset}")
+    copy_chunks(warehouse.url, contract.raw_dataset, jobs, workers)

@@ -15,12 +15,13 @@ from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
 from loader.dbt_runner import dbt_build
 from loader.identical_rerun import carry_over, fingerprint, previous_identical_run
-from loader.landing import LandedFile, LandingError, load, prepare
+from loader.landing import LandedFile, load, prepare
 from loader.load_key import LoadKey
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
 from loader.partners import PartnersFile
 from loader.progress import Progress
 from loader.publish import Publisher, PublishError, ensure_production
+from loader.raw_copy import LandingError
 from loader.registry import (
     RunStatus,
     exception_counts,
