@@ -28,8 +28,8 @@ from psycopg2.extras import Json
 from loader.contracts import Contract
 from loader.csv_scan import LINEAGE_COLUMNS, CsvFileError, RawTableLayout, iter_raw_batches
 from loader.database import Warehouse
-from loader.load_key import LoadKey
-from loader.manifest import VerifiedFile
+from loader.load_key import LoadKey, LoadKeyError
+from loader.manifest import VerifiedFile, read_manifest
 from loader.progress import Progress
 from loader.raw_copy import CopyJob, copy_chunks, preload
 
@@ -70,6 +70,31 @@ class Prepared:
 
     def discard(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def preload_unless_landed(conn: psycopg2.extensions.connection, folder: Path) -> None:
+    """Start importing dlt now, while the files are hashed, unless every file the
+    manifest lists was landed for this shop before (an identical rerun needs no dlt).
+
+    Only a head start: bad paths and manifests are left to verification, and
+    whatever this guesses, landing imports dlt when it needs it.
+    """
+    try:
+        key = LoadKey.from_folder(folder)
+    except LoadKeyError:
+        return
+    manifest, _ = read_manifest(folder)
+    if manifest is None:
+        return
+    digests = sorted({entry.sha256 for entry in manifest.files})
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "select count(distinct sha256) from loader_registry.landed_files"
+            " where partner_id = %s and shop_id = %s and state = 'landed' and sha256 = any(%s)",
+            (key.partner_id, key.shop_id, digests),
+        )
+        if cur.fetchone()[0] < len(digests):
+            preload()
 
 
 def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) -> None:
@@ -170,9 +195,6 @@ def prepare(
                     cur.execute("select nextval(pg_get_serial_sequence('loader_registry.landed_files', 'file_id'))")
                     file_id = cur.fetchone()[0]
                 prepared.files.append(PreparedFile(vf, file_id, 0, 0, False, retry=found is not None))
-        if not all(pf.already_landed for pf in prepared.files):
-            # Only now: an identical rerun lands nothing and should not pay for dlt.
-            preload()
         for pf in prepared.files:
             if not pf.already_landed:
                 _spool(pf, encoding, prepared.work_dir, workers, progress)

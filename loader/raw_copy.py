@@ -1,8 +1,8 @@
 """The dlt half of landing: COPY spooled CSV chunks into the raw dataset.
 
 Importing dlt and reading its configuration takes about half a second, so
-`preload` starts it on a thread as soon as a run knows it has files to land,
-while they are parsed.
+`preload` starts it on a thread as soon as a run sees it has files to land
+(landing.preload_unless_landed), while they are hashed and parsed.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from loader.csv_scan import CsvFileError
 from loader.database import Warehouse, ensure_registry
 from loader.dbt_runner import dbt_build
 from loader.identical_rerun import carry_over, fingerprint, previous_identical_run
-from loader.landing import LandedFile, load, prepare
+from loader.landing import LandedFile, load, preload_unless_landed, prepare
 from loader.load_key import LoadKey
 from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
 from loader.partners import PartnersFile
@@ -83,6 +83,7 @@ def run_load(
     ensure_registry(warehouse)
     with contextlib.closing(warehouse.connect()) as conn:
         progress.status(f"verifying {folder}")
+        preload_unless_landed(conn, folder)
         # Record counts are checked below, from the landing parse, before anything is written.
         verification = verify_folder(folder, partners.for_partner, count_records=False,
                                      on_file=lambda name: progress.status(f"checking {name}"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg2
@@ -157,6 +159,25 @@ def test_identical_rerun_lands_nothing_new(db: Warehouse, tmp_path: Path, capsys
     assert query(db, "select count(*) from loader_registry.landed_files") == [(7,)]
     assert query(db, "select newly_landed, count(*) from loader_registry.run_files group by 1 order by 1") == [
         (False, 7), (True, 7)]
+
+
+def test_identical_rerun_in_a_new_process_does_not_import_dlt(db: Warehouse, tmp_path: Path) -> None:
+    # Importing dlt costs about half a second; a rerun that lands nothing should not pay it.
+    script = (
+        "import sys, threading\n"
+        "from loader.cli import main\n"
+        "code = main(['run', sys.argv[1], '--land-only'])\n"
+        "dlt = any(m.split('.')[0] in ('dlt', 'adbc_driver_postgresql') for m in sys.modules)\n"
+        "dlt = dlt or any(t.name == 'loader-import-dlt' for t in threading.enumerate())\n"
+        "print('dlt imported:', dlt)\n"
+        "sys.exit(code)\n"
+    )
+    folder = make_load(tmp_path)
+    outputs = [subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, check=True)
+               for _ in range(2)]
+    assert "dlt imported: True" in outputs[0].stdout
+    assert "already landed" in outputs[1].stdout
+    assert "dlt imported: False" in outputs[1].stdout
 
 
 def test_same_file_in_a_later_load_is_stored_once(db: Warehouse, tmp_path: Path, capsys) -> None:
