@@ -1,6 +1,6 @@
 """Landing speed: `loader` against a plain COPY of the same file, in the same run.
 
-    .venv/bin/python bench/land.py [--rows 2000000] [--memory-rows 1000000 4000000] [--repeat 2]
+    .venv/bin/python bench/land.py [--rows 2000000] [--memory-rows 1000000 4000000] [--repeat 3]
 
 Writes generated files under bench/data/ (kept between runs), uses
 LOADER_DATABASE_URL or an embedded server under bench/data/.loader, and prints
@@ -78,6 +78,24 @@ def file_sha(path: Path) -> str:
     return _SHA[path]
 
 
+def settle(warehouse: Warehouse, limit_s: float = 60.0) -> None:
+    """Start each timed step from the same state: dirty pages written, no autovacuum running.
+
+    Without this, the step after a 2M-row landing shares two cores with the
+    checkpoint and the autovacuum that landing set off.
+    """
+    deadline = time.monotonic() + limit_s
+    with contextlib.closing(warehouse.connect()) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("checkpoint")
+            while time.monotonic() < deadline:
+                cur.execute("select count(*) from pg_stat_activity where backend_type = 'autovacuum worker'")
+                if cur.fetchone()[0] == 0:
+                    return
+                time.sleep(0.5)
+
+
 def plain_copy(warehouse: Warehouse, path: Path) -> float:
     columns = load_contract("sms_v1").entity("line_items").column_names
     with contextlib.closing(warehouse.connect()) as conn:
@@ -103,6 +121,7 @@ def _child(folders: list[str], url: str, queue: mp.Queue) -> None:
     times = []
     with open(os.devnull, "w") as quiet:
         for folder in folders:
+            settle(warehouse)
             start = time.perf_counter()
             outcome = run_load(warehouse, PartnersFile(), Path(folder), triggered_by="bench",
                                progress=LogProgress(quiet), home=DATA / ".loader",
@@ -143,7 +162,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--memory-rows", type=int, nargs="*", default=[1_000_000, 4_000_000])
-    parser.add_argument("--repeat", type=int, default=2, help="best of N for each side")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N for each side")
     args = parser.parse_args()
 
     os.environ.setdefault("LOADER_HOME", str(DATA / ".loader"))
@@ -156,6 +175,7 @@ def main() -> int:
     copy_s, cold_s, warm_s, peak = [], [], [], 0.0
     for _ in range(args.repeat):
         cleanup(warehouse)
+        settle(warehouse)
         copy_s.append(plain_copy(warehouse, big))
         times, peak_mb = loader_land(warehouse, [load_folder(big, args.rows), load_folder(big, args.rows)])
         cold_s.append(times[0])

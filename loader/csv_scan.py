@@ -34,6 +34,8 @@ LINEAGE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("_problem_detail", pa.string()),
     ("_raw_record", pa.string()),
 )
+# Set only on rows the parser flags (ragged records, undecodable bytes).
+PROBLEM_COLUMNS = ("_problem", "_problem_detail", "_raw_record")
 EXTRA_PREFIX = "extra_"
 _NOT_IDENT = re.compile(r"[^a-z0-9]+")
 

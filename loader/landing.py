@@ -26,7 +26,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from loader.contracts import Contract
-from loader.csv_scan import LINEAGE_COLUMNS, CsvFileError, RawTableLayout, iter_raw_batches
+from loader.csv_scan import LINEAGE_COLUMNS, PROBLEM_COLUMNS, CsvFileError, RawTableLayout, iter_raw_batches
 from loader.database import Warehouse
 from loader.load_key import LoadKey, LoadKeyError
 from loader.manifest import VerifiedFile, read_manifest
@@ -131,41 +131,56 @@ def chunk_rows(records: int, workers: int) -> int:
     return max(1, math.ceil(records / (workers * rounds)))
 
 
+@dataclass
+class _Chunk:
+    path: Path
+    writer: pacsv.CSVWriter
+    rows: int = 0
+
+
 def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progress: Progress) -> None:
     """Parse the file once: count records and flagged rows, and write CSV chunks with lineage.
 
-    Writing happens on a second thread (pyarrow releases the GIL), so the CSV
-    writer works on one batch while the parser reads the next.
+    Batches without a flagged row go to chunks that leave out the problem
+    columns (they land as NULL): COPY then parses 12 columns instead of 15,
+    about a tenth faster. Writing happens on a second thread (pyarrow
+    releases the GIL), so the CSV writer works on one batch while the parser
+    reads the next.
     """
     vf = pf.file
     max_rows = chunk_rows(vf.manifest_rows, workers)
     progress.file_started(vf.path.name, vf.manifest_rows)
+    chunks: list[_Chunk] = []
+    open_chunks: dict[bool, _Chunk] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader-spool") as pool:
         pending: deque[Future[None]] = deque()
-        writer: pacsv.CSVWriter | None = None
         try:
             for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
-                if writer is None or pf.chunks[-1][1] >= max_rows:
-                    if writer is not None:
-                        pending.append(pool.submit(writer.close))
-                    path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(pf.chunks)}.csv"
-                    writer = pacsv.CSVWriter(path, table.schema)
-                    pf.chunks.append((path, 0))
-                pending.append(pool.submit(writer.write_table, table))
+                flagged = table.num_rows - table.column("_problem").null_count
+                if not flagged:
+                    table = table.drop_columns(list(PROBLEM_COLUMNS))
+                chunk = open_chunks.get(not flagged)
+                if chunk is None or chunk.rows >= max_rows:
+                    if chunk is not None:
+                        pending.append(pool.submit(chunk.writer.close))
+                    path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(chunks)}.csv"
+                    chunk = open_chunks[not flagged] = _Chunk(path, pacsv.CSVWriter(path, table.schema))
+                    chunks.append(chunk)
+                pending.append(pool.submit(chunk.writer.write_table, table))
                 # A few batches in flight at most, so memory stays flat.
                 while len(pending) > SPOOL_IN_FLIGHT:
                     pending.popleft().result()
-                pf.chunks[-1] = (pf.chunks[-1][0], pf.chunks[-1][1] + table.num_rows)
+                chunk.rows += table.num_rows
                 pf.records += table.num_rows
-                pf.problem_rows += table.num_rows - table.column("_problem").null_count
+                pf.problem_rows += flagged
                 progress.advance(table.num_rows)
         except CsvFileError as exc:
             raise CsvFileError(str(exc), vf.path.name) from exc
         finally:
-            if writer is not None:
-                pending.append(pool.submit(writer.close))
+            pending.extend(pool.submit(chunk.writer.close) for chunk in open_chunks.values())
             for future in pending:
                 future.result()
+    pf.chunks = [(chunk.path, chunk.rows) for chunk in chunks]
     progress.file_done(vf.path.name)
 
 

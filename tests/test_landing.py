@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 from helpers import CUSTOMERS, header_only, make_load, query
 
+from loader import csv_scan
 from loader.cli import main
 from loader.database import Warehouse
 
@@ -228,7 +229,11 @@ def test_bad_path_is_refused_and_recorded(db: Warehouse, tmp_path: Path, capsys)
     assert query(db, "select shop_id, status from loader_registry.runs") == [("shop 1", "rejected")]
 
 
-def test_customers_larger_than_one_batch(db: Warehouse, tmp_path: Path, capsys) -> None:
+def test_customers_larger_than_one_batch(
+    db: Warehouse, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # About ten parser batches: clean batches and the one with the ragged record are spooled to different chunks.
+    monkeypatch.setattr(csv_scan, "BLOCK_SIZE", 256 << 10)
     lines = [b"external_customer_id,last_name,address_line1"]
     for i in range(120_000):
         lines.append(b'C%d,Name %d,"%d Long\nStreet"' % (i, i, i) if i % 1000 == 0 else b"C%d,Name %d,Street" % (i, i))
@@ -240,12 +245,16 @@ def test_customers_larger_than_one_batch(db: Warehouse, tmp_path: Path, capsys) 
     # Every record starts one line after the previous one, plus the newlines inside its quoted field.
     rows = query(db, "select _row_number, _line_number, external_customer_id, _problem from raw_sms_v1.customers"
                      " order by _row_number")
-    assert len(rows) == 120_001
+    assert [row[0] for row in rows] == list(range(1, 120_002))
     expected_line = 2
     for row_number, line_number, ext_id, _problem in rows:
         assert line_number == expected_line, (row_number, ext_id)
         expected_line += 2 if ext_id is not None and int(ext_id[1:]) % 1000 == 0 else 1
     assert rows[70_001][2:] == (None, "ragged")
+    assert [row for row in rows if row[3] is not None] == [rows[70_001]]
+    assert query(db, "select count(*), count(distinct external_customer_id) from raw_sms_v1.customers"
+                     " where _problem is null and _problem_detail is null and _raw_record is null") == [
+        (120_000, 120_000)]
 
 
 def test_history_is_append_only(db: Warehouse, tmp_path: Path, capsys) -> None:
