@@ -21,27 +21,13 @@ run_problems as (
 
 unioned as (
     select
-        entity,
-        row_number,
-        line_number,
-        field,
-        rule,
-        severity,
-        value,
-        message
+        {{ sms_v1_exception_columns() }}
     from row_exceptions
 
     union all
 
     select
-        entity,
-        row_number,
-        line_number,
-        field,
-        rule,
-        severity,
-        value,
-        message
+        {{ sms_v1_exception_columns() }}
     from cross_row_exceptions
 
     union all
@@ -65,14 +51,7 @@ final as (
         {{ sms_load_literal('partner_id') }} as partner_id,
         {{ sms_load_literal('shop_id') }} as shop_id,
         {{ sms_load_literal('load_id') }} as load_id,
-        entity,
-        row_number,
-        line_number,
-        field,
-        rule,
-        severity,
-        value,
-        message
+        {{ sms_v1_exception_columns() }}
     from unioned
 )
 

@@ -71,12 +71,5 @@ unioned as (
 )
 
 select
-    entity,
-    row_number,
-    line_number,
-    field,
-    rule,
-    severity,
-    value,
-    message
+    {{ sms_v1_exception_columns() }}
 from unioned

@@ -46,63 +46,30 @@ row_status as (
     {{ sms_row_status('row_exceptions', ['external_invoice_id', 'external_customer_id', 'external_vehicle_id']) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or
--- reference. Not materialized: each reader takes only the columns it needs.
+-- Not materialized: each reader takes only the columns it needs.
 keyed as not materialized (
-    select
-        staged.*,
-        coalesce(row_status.has_staging_error, false) as has_staging_error,
-        coalesce(row_status.has_staging_warning, false) as has_staging_warning,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_invoice_id, false)
-                then staged.external_invoice_id
-        end as external_id,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_customer_id, false)
-                then staged.external_customer_id
-        end as customer_external_id,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_vehicle_id, false)
-                then staged.external_vehicle_id
-        end as vehicle_external_id
-    from staged
-    left join row_status on staged.row_number = row_status.row_number
+    {{ sms_v1_keyed('external_invoice_id', {
+        'customer_external_id': 'external_customer_id',
+        'vehicle_external_id': 'external_vehicle_id',
+    }) }}
 ),
 
 -- Normally none. Joined rather than read with `in` (`is_duplicate` is read
 -- twice, and each reading would aggregate all invoices again), and materialized
 -- so that parallel workers do not each aggregate them.
 duplicated_ids as materialized (
-    select external_id
-    from keyed
-    where external_id is not null
-    group by external_id
-    having count(*) > 1
+    {{ sms_v1_duplicated_ids('keyed') }}
 ),
 
--- Grouped by the external id alone, which the planner knows to be unique
--- then; the internal id is the same on every row that carries it (taken with
--- array_agg, as any_value() needs PostgreSQL 16).
 customers_in_load as (
-    select
-        external_id,
-        (array_agg(id))[1] as id,
-        bool_and(is_rejected) as is_rejected
-    from customers
-    where external_id is not null
-    group by external_id
+    {{ sms_v1_in_load('customers') }}
 ),
 
 -- The owner counts only when one row carries the vehicle id (else it is rejected anyway).
 vehicles_in_load as (
-    select
-        external_id,
-        (array_agg(id))[1] as id,
-        bool_and(is_rejected) as is_rejected,
-        case when count(*) = 1 then min(customer_external_id) end as customer_external_id
-    from vehicles
-    where external_id is not null
-    group by external_id
+    {{ sms_v1_in_load('vehicles', extra_columns=[
+        'case when count(*) = 1 then min(customer_external_id) end as customer_external_id',
+    ]) }}
 ),
 
 -- The `in` sets and the owner lookup run only for a customer or vehicle that
@@ -124,15 +91,13 @@ checked as (
         keyed.has_staging_error,
         keyed.has_staging_warning,
         duplicated_ids.external_id is not null as is_duplicate,
-        keyed.customer_external_id is not null
-        and customers_in_load.external_id is null
-        and {{ sms_internal_id('customers', 'keyed.customer_external_id') }}
-        not in (select production_customers.id from production_customers) as is_customer_orphan,
+        {{ sms_v1_is_orphan(
+            'customers', 'keyed.customer_external_id', 'customers_in_load', 'production_customers'
+        ) }} as is_customer_orphan,
         coalesce(customers_in_load.is_rejected, false) as is_customer_parent_rejected,
-        keyed.vehicle_external_id is not null
-        and vehicles_in_load.external_id is null
-        and {{ sms_internal_id('vehicles', 'keyed.vehicle_external_id') }}
-        not in (select production_vehicles.id from production_vehicles) as is_vehicle_orphan,
+        {{ sms_v1_is_orphan(
+            'vehicles', 'keyed.vehicle_external_id', 'vehicles_in_load', 'production_vehicles'
+        ) }} as is_vehicle_orphan,
         coalesce(vehicles_in_load.is_rejected, false) as is_vehicle_parent_rejected,
         coalesce(
             case

@@ -46,36 +46,17 @@ row_status as (
     ) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or
--- reference. Not materialized: each reader takes only the columns it needs.
+-- Not materialized: each reader takes only the columns it needs.
 keyed as not materialized (
-    select
-        staged.*,
-        coalesce(row_status.has_staging_error, false) as has_staging_error,
-        coalesce(row_status.has_staging_warning, false) as has_staging_warning,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_dataline_id, false)
-                then staged.external_dataline_id
-        end as external_id,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_invoice_id, false)
-                then staged.external_invoice_id
-        end as invoice_external_id,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_parent_dataline_id, false)
-                then staged.external_parent_dataline_id
-        end as parent_external_id
-    from staged
-    left join row_status on staged.row_number = row_status.row_number
+    {{ sms_v1_keyed('external_dataline_id', {
+        'invoice_external_id': 'external_invoice_id',
+        'parent_external_id': 'external_parent_dataline_id',
+    }) }}
 ),
 
 -- Normally none; read as a set (`in`), which keeps the planner's row counts sane.
 duplicated_ids as (
-    select external_id
-    from keyed
-    where external_id is not null
-    group by external_id
-    having count(*) > 1
+    {{ sms_v1_duplicated_ids('keyed') }}
 ),
 
 -- An invoice's internal id, once per invoice rather than once per line.
@@ -187,10 +168,9 @@ direct as (
             invoices_in_load.id, {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
         ) as invoice_id,
         parent_checks.parent_line_item_id,
-        keyed.invoice_external_id is not null
-        and invoices_in_load.external_id is null
-        and {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
-        not in (select production_invoices.id from production_invoices) as is_invoice_orphan,
+        {{ sms_v1_is_orphan(
+            'invoices', 'keyed.invoice_external_id', 'invoices_in_load', 'production_invoices'
+        ) }} as is_invoice_orphan,
         coalesce(invoices_in_load.is_rejected, false) as is_invoice_parent_rejected,
         coalesce(parent_checks.is_parent_line_orphan, false) as is_parent_line_orphan,
         coalesce(parent_checks.is_parent_line_duplicated, false) as is_parent_line_duplicated,

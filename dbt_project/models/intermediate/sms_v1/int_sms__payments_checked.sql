@@ -34,46 +34,20 @@ row_status as (
     {{ sms_row_status('row_exceptions', ['external_payment_id', 'external_invoice_id']) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or
--- reference. Not materialized: each reader takes only the columns it needs.
+-- Not materialized: each reader takes only the columns it needs.
 keyed as not materialized (
-    select
-        staged.*,
-        coalesce(row_status.has_staging_error, false) as has_staging_error,
-        coalesce(row_status.has_staging_warning, false) as has_staging_warning,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_payment_id, false)
-                then staged.external_payment_id
-        end as external_id,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_invoice_id, false)
-                then staged.external_invoice_id
-        end as invoice_external_id
-    from staged
-    left join row_status on staged.row_number = row_status.row_number
+    {{ sms_v1_keyed('external_payment_id', {'invoice_external_id': 'external_invoice_id'}) }}
 ),
 
 -- Normally none. Joined rather than read with `in` (`is_duplicate` is read
 -- twice, and each reading would aggregate all payments again), and materialized
 -- so that parallel workers do not each aggregate them.
 duplicated_ids as materialized (
-    select external_id
-    from keyed
-    where external_id is not null
-    group by external_id
-    having count(*) > 1
+    {{ sms_v1_duplicated_ids('keyed') }}
 ),
 
--- Grouped by the external id alone, which the planner knows to be unique
--- then; the internal id is the same on every row that carries it.
 invoices_in_load as (
-    select
-        external_id,
-        (array_agg(id))[1] as id,
-        bool_and(is_rejected) as is_rejected
-    from invoices
-    where external_id is not null
-    group by external_id
+    {{ sms_v1_in_load('invoices') }}
 ),
 
 -- The `in` set is hashed on first use, so production is read only if some
@@ -91,10 +65,9 @@ checked as (
         keyed.has_staging_error,
         keyed.has_staging_warning,
         duplicated_ids.external_id is not null as is_duplicate,
-        keyed.invoice_external_id is not null
-        and invoices_in_load.external_id is null
-        and {{ sms_internal_id('invoices', 'keyed.invoice_external_id') }}
-        not in (select production_invoices.id from production_invoices) as is_invoice_orphan,
+        {{ sms_v1_is_orphan(
+            'invoices', 'keyed.invoice_external_id', 'invoices_in_load', 'production_invoices'
+        ) }} as is_invoice_orphan,
         coalesce(invoices_in_load.is_rejected, false) as is_invoice_parent_rejected,
         {{ sms_contract_columns('keyed', 'payments') }}
     from keyed

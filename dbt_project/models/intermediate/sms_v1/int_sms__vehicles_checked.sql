@@ -30,40 +30,16 @@ row_status as (
     {{ sms_row_status('row_exceptions', ['external_vehicle_id', 'external_customer_id']) }}
 ),
 
--- A ragged record's fields, and a field with undecodable bytes, are no key or reference.
 keyed as (
-    select
-        staged.*,
-        coalesce(row_status.has_staging_error, false) as has_staging_error,
-        coalesce(row_status.has_staging_warning, false) as has_staging_warning,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_vehicle_id, false)
-                then staged.external_vehicle_id
-        end as external_id,
-        case
-            when not coalesce(row_status.is_ragged or row_status.is_untrusted_external_customer_id, false)
-                then staged.external_customer_id
-        end as customer_external_id
-    from staged
-    left join row_status on staged.row_number = row_status.row_number
+    {{ sms_v1_keyed('external_vehicle_id', {'customer_external_id': 'external_customer_id'}) }}
 ),
 
 id_counts as (
-    select
-        external_id,
-        count(*) as rows_with_id
-    from keyed
-    where external_id is not null
-    group by external_id
+    {{ sms_v1_id_counts('keyed') }}
 ),
 
 customers_in_load as (
-    select
-        external_id,
-        bool_and(is_rejected) as is_rejected
-    from customers
-    where external_id is not null
-    group by external_id
+    {{ sms_v1_in_load('customers', with_id=false) }}
 ),
 
 resolved as (

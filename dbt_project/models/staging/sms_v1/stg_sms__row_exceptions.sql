@@ -11,26 +11,12 @@ with
 unioned as (
     {% for entity in sms_v1_contract() %}
         select
-            entity,
-            row_number,
-            line_number,
-            field,
-            rule,
-            severity,
-            value,
-            message
+            {{ sms_v1_exception_columns() }}
         from {{ entity }}_exceptions
         {% if not loop.last %}union all{% endif %}
     {% endfor %}
 )
 
 select
-    entity,
-    row_number,
-    line_number,
-    field,
-    rule,
-    severity,
-    value,
-    message
+    {{ sms_v1_exception_columns() }}
 from unioned
