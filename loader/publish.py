@@ -8,8 +8,10 @@ transaction, so a failure anywhere leaves production exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,25 @@ class EntityPublished:
     entity: str
     inserted: int
     updated: int
+
+
+@contextlib.contextmanager
+def _hash_joins(cur: psycopg2.extensions.cursor) -> Iterator[None]:
+    """Plan the statements inside without nested loops.
+
+    They join this shop's production rows, which this very transaction may
+    just have written: the statistics do not know those rows yet, so
+    PostgreSQL takes them for one row and may pick a nested loop that reads
+    the other side once per row, quadratic in the load (minutes for 20,000
+    customers, hours for a million line items). Hash and merge joins stay
+    linear whatever the statistics say. Restored only on success: after an
+    error the transaction, and this setting with it, is rolled back.
+    """
+    cur.execute("select current_setting('enable_nestloop')")
+    previous = cur.fetchone()[0]
+    cur.execute("set local enable_nestloop = off")
+    yield
+    cur.execute("select set_config('enable_nestloop', %s, true)", (previous,))
 
 
 def _business_columns(cur: psycopg2.extensions.cursor, schema: str, table: str) -> list[str]:
@@ -134,17 +155,18 @@ def _publish_entity(
         """).format(**fmt),
         shop,
     )
-    cur.execute(
-        sql.SQL("""
-        update {crosswalk} as c
-        set last_load_id = p.load_id, last_seen_at = now()
-        from {plan} as p
-        where p._action <> 'insert' and c.partner_id = %(partner)s and c.shop_id = %(shop)s
-            and c.entity_type = %(entity)s and c.external_id = p.external_id
-            and c.last_load_id is distinct from p.load_id
-        """).format(**fmt),
-        shop,
-    )
+    with _hash_joins(cur):
+        cur.execute(
+            sql.SQL("""
+            update {crosswalk} as c
+            set last_load_id = p.load_id, last_seen_at = now()
+            from {plan} as p
+            where p._action <> 'insert' and c.partner_id = %(partner)s and c.shop_id = %(shop)s
+                and c.entity_type = %(entity)s and c.external_id = p.external_id
+                and c.last_load_id is distinct from p.load_id
+            """).format(**fmt),
+            shop,
+        )
     return EntityPublished(entity, inserted, updated)
 
 
@@ -353,16 +375,17 @@ def _check_references(
                     " and pp._action = 'insert')"
                 ).format(parent_plan=plans[fk.parent].ident(), column=fmt["column"],
                          parent_column=fmt["parent_column"])
-            cur.execute(sql.SQL("""
-                select count(*) from (
-                    select from {parent} as t
-                    where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} in (
-                        select p.{column} from {plan} as p
-                        where p._action <> 'unchanged' and p.{column} is not null {new_parents}
-                    )
-                    for key share of t
-                ) as held
-                """).format(new_parents=new_parents, **fmt), shop)
+            with _hash_joins(cur):
+                cur.execute(sql.SQL("""
+                    select count(*) from (
+                        select from {parent} as t
+                        where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} in (
+                            select p.{column} from {plan} as p
+                            where p._action <> 'unchanged' and p.{column} is not null {new_parents}
+                        )
+                        for key share of t
+                    ) as held
+                    """).format(new_parents=new_parents, **fmt), shop)
         cur.execute(sql.SQL("""
             select count(*), min(p._row_number)
             from {plan} as p

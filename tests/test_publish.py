@@ -282,3 +282,28 @@ def test_a_role_that_may_not_skip_row_triggers_keeps_them_and_its_transaction(db
             assert cur.fetchone() == ("replica" if superuser else "origin",)
     finally:
         query(db, f"drop role {role}")
+
+
+def test_a_new_shop_publishes_in_linear_time_whatever_the_statistics_say(
+    db: Warehouse, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before production is analysed, and once it has been analysed with another
+    # shop's rows only, PostgreSQL takes a new shop's rows, which the publish
+    # itself has just written, for one row. A nested loop over them reads the other side once per row: minutes
+    # for these 20,000 customers and vehicles, where a hash join takes well under a second.
+    rows = 20_000
+    files = {
+        "customers.csv": b"external_customer_id,last_name\r\n" + b"".join(b"C%d,Name\r\n" % i for i in range(rows)),
+        "vehicles.csv": b"external_vehicle_id,external_customer_id\r\n"
+        + b"".join(b"V%d,C%d\r\n" % (i, i) for i in range(rows)),
+    }
+    # Every statement of both loads, the loader's and dbt's, is cut off after 20 s.
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=20s")
+    assert main(["run", str(make_load(tmp_path, files, shop="shop-a"))]) == 0, capsys.readouterr().out
+    query(db, "analyze prod_sms.id_crosswalk, prod_sms.customers, prod_sms.vehicles")
+    code = main(["run", str(make_load(tmp_path, files, shop="shop-b"))])
+    assert code == 0, capsys.readouterr().out
+    crosswalk = query(db, "select shop_id, entity_type, count(*) from prod_sms.id_crosswalk"
+                          " group by 1, 2 order by 1, 2")
+    assert crosswalk == [("shop-a", "customers", rows), ("shop-a", "vehicles", rows),
+                         ("shop-b", "customers", rows), ("shop-b", "vehicles", rows)]
