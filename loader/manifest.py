@@ -99,6 +99,8 @@ def read_manifest(folder: Path) -> tuple[Manifest | None, list[Problem]]:
                               file=MANIFEST)]
     try:
         data = json.loads(path.read_bytes())
+    except OSError as exc:
+        return None, [Problem("manifest", f"cannot be read: {exc.strerror}", file=MANIFEST)]
     except UnicodeDecodeError as exc:
         return None, [Problem("manifest", f"not UTF-8: {exc}", file=MANIFEST)]
     except json.JSONDecodeError as exc:
