@@ -37,7 +37,8 @@ from loader.raw_copy import CopyJob, copy_chunks, preload
 # multiple of the worker count so that every parallel COPY stream stays busy.
 CHUNK_MAX_ROWS = 1_000_000
 SPOOL_IN_FLIGHT = 4
-_PG_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
+# The raw tables' column types; PostgreSQL and dlt call these two by the same names.
+_RAW_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
 
 @dataclass(frozen=True)
 class LandedFile:
@@ -105,7 +106,7 @@ def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) 
         cur.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(contract.raw_dataset)))
         for entity in contract.entities:
             columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in entity.column_names]
-            columns += [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_PG_TYPES[t]))
+            columns += [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_RAW_TYPES[t]))
                         for name, t in LINEAGE_COLUMNS]
             table = sql.Identifier(contract.raw_dataset, entity.name)
             cur.execute(sql.SQL("create table if not exists {} ({})").format(table, sql.SQL(", ").join(columns)))
@@ -151,20 +152,22 @@ def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progr
     max_rows = chunk_rows(vf.manifest_rows, workers)
     progress.file_started(vf.path.name, vf.manifest_rows)
     chunks: list[_Chunk] = []
+    # The chunk being written for clean batches (key True) and for flagged ones (False).
     open_chunks: dict[bool, _Chunk] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader-spool") as pool:
         pending: deque[Future[None]] = deque()
         try:
             for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
                 flagged = table.num_rows - table.column("_problem").null_count
-                if not flagged:
+                clean = flagged == 0
+                if clean:
                     table = table.drop_columns(list(PROBLEM_COLUMNS))
-                chunk = open_chunks.get(not flagged)
+                chunk = open_chunks.get(clean)
                 if chunk is None or chunk.rows >= max_rows:
                     if chunk is not None:
                         pending.append(pool.submit(chunk.writer.close))
                     path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(chunks)}.csv"
-                    chunk = open_chunks[not flagged] = _Chunk(path, pacsv.CSVWriter(path, table.schema))
+                    chunk = open_chunks[clean] = _Chunk(path, pacsv.CSVWriter(path, table.schema))
                     chunks.append(chunk)
                 pending.append(pool.submit(chunk.writer.write_table, table))
                 # A few batches in flight at most, so memory stays flat.
@@ -282,9 +285,7 @@ def _run_dlt(
     progress: Progress,
 ) -> None:
     def columns_of(vf: VerifiedFile) -> tuple[tuple[str, str], ...]:
-        layout = RawTableLayout.for_file(vf.entity, vf.header)
-        return tuple((c, "text") for c in layout.data_columns) + tuple(
-            (n, "bigint" if t == pa.int64() else "text") for n, t in LINEAGE_COLUMNS)
+        return tuple((f.name, _RAW_TYPES[f.type]) for f in RawTableLayout.for_file(vf.entity, vf.header).schema)
 
     jobs = [CopyJob(path, rows, pf.file.entity.name, columns_of(pf.file)) for pf, path, rows in chunks]
     progress.status(f"copying {sum(job.rows for job in jobs):,} rows into {contract.raw_dataset}")
