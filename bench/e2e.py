@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO))
 import psycopg2.extensions  # noqa: E402
 
 from loader.contracts import Entity, load_contract  # noqa: E402
-from loader.database import Warehouse, ensure_registry, resolve_warehouse  # noqa: E402
-from loader.sample_data import ExportSpec, rows_for_total, write_export  # noqa: E402
+from loader.database import Warehouse, resolve_warehouse  # noqa: E402
+from loader.runs.registry import ensure_registry  # noqa: E402
+from loader.samples.sms_v1 import ExportSpec, rows_for_total, write_export  # noqa: E402
 from loader.settings import LoaderSettings  # noqa: E402
 
 SQL_TYPES = {"int": "bigint", "decimal": "numeric", "money": "numeric(14, 2)", "date": "date",
@@ -148,9 +149,9 @@ def _upsert(e: Entity) -> str:
 
 def _child(folder: str, home: str, log_path: str, queue: mp.Queue) -> None:
     from loader.database import resolve_warehouse
-    from loader.partners import PartnersFile
-    from loader.progress import LogProgress
-    from loader.runner import run_load
+    from loader.intake.partners import PartnersFile
+    from loader.runs.pipeline import run_load
+    from loader.runs.progress import LogProgress
 
     warehouse = resolve_warehouse(LoaderSettings())
     with open(log_path, "a", encoding="utf-8") as log:

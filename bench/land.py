@@ -27,8 +27,9 @@ DATA = REPO / "bench" / "data"
 sys.path.insert(0, str(REPO))
 
 from loader.contracts import load_contract  # noqa: E402
-from loader.database import Warehouse, ensure_registry, resolve_warehouse  # noqa: E402
-from loader.sample_data import write_line_items_file  # noqa: E402
+from loader.database import Warehouse, resolve_warehouse  # noqa: E402
+from loader.runs.registry import ensure_registry  # noqa: E402
+from loader.samples.sms_v1 import write_line_items_file  # noqa: E402
 from loader.settings import LoaderSettings  # noqa: E402
 
 
@@ -113,9 +114,9 @@ def plain_copy(warehouse: Warehouse, path: Path) -> float:
 
 def _child(folders: list[str], url: str, queue: mp.Queue) -> None:
     from loader.database import parse_url
-    from loader.partners import PartnersFile
-    from loader.progress import LogProgress
-    from loader.runner import run_load
+    from loader.intake.partners import PartnersFile
+    from loader.runs.pipeline import run_load
+    from loader.runs.progress import LogProgress
 
     warehouse = parse_url(url)
     times = []

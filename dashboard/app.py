@@ -11,7 +11,7 @@ import contextlib
 import streamlit as st
 
 from loader.database import resolve_warehouse
-from loader.registry import recent_runs
+from loader.runs.registry import recent_runs
 from loader.settings import LoaderSettings
 
 

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from loader import reports
 from loader.contracts import load_contract
 from loader.contracts.model import available_contracts
-from loader.database import Warehouse, ensure_registry, psql_binary, resolve_warehouse
-from loader.dbt_runner import build_vars
-from loader.load_key import LoadKey, LoadKeyError
-from loader.partners import PartnerSettingsError, load_partners
-from loader.progress import make_progress
-from loader.registry import latest_run, recent_runs
-from loader.runner import RunOutcome, describe_problems, run_load
+from loader.database import Warehouse, psql_binary, resolve_warehouse
+from loader.dbt.runner import build_vars
+from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.partners import PartnerSettingsError, load_partners
+from loader.runs import reports
+from loader.runs.pipeline import RunOutcome, describe_problems, run_load
+from loader.runs.progress import make_progress
+from loader.runs.registry import ensure_registry, latest_run, recent_runs
 from loader.settings import LoaderSettings
 
 EXIT_USAGE = 2
@@ -187,7 +187,7 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from loader.sample_data import ExportSpec, write_export
+    from loader.samples.sms_v1 import ExportSpec, write_export
 
     settings = _settings()
     root = settings.home_dir / "demo" / "imports"

@@ -22,7 +22,6 @@ from loader.settings import LoaderSettings
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "loader"
-REGISTRY_SQL = Path(__file__).parent / "sql" / "registry.sql"
 
 
 @dataclass(frozen=True)
@@ -202,14 +201,6 @@ def resolve_warehouse(settings: LoaderSettings) -> Warehouse:
     home = settings.home_dir
     home.mkdir(parents=True, exist_ok=True)
     return start_embedded(home)
-
-
-def ensure_registry(warehouse: Warehouse) -> None:
-    """Create or update the run registry schema (idempotent DDL)."""
-    conn = warehouse.connect()
-    with contextlib.closing(conn), conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('loader_registry ddl'))")
-        cur.execute(REGISTRY_SQL.read_text(encoding="utf-8"))
 
 
 @contextlib.contextmanager

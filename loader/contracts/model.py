@@ -98,7 +98,7 @@ class Contract(_Strict):
 
     @property
     def production_ddl(self) -> Path:
-        return CONTRACTS_DIR.parent / "sql" / f"prod_{self.name}.sql"
+        return CONTRACTS_DIR / f"{self.name}.sql"
 
     def entity(self, name: str) -> Entity:
         for ent in self.entities:

@@ -1,5 +1,5 @@
 {#-
-    Generated from loader/contracts/sms_v1.yaml by `python -m loader.dbt_sources`; do not edit by hand.
+    Generated from loader/contracts/sms_v1.yaml by `python -m loader.dbt.sources`; do not edit by hand.
 
     The sms_v1 columns and their validation rules, per entity, for the staging
     models; the only place in the dbt project that names them. Keys per column:

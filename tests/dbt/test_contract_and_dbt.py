@@ -9,14 +9,14 @@ import jinja2
 import pytest
 from helpers import make_load, query
 
-from loader import dbt_sources
 from loader.cli import main
 from loader.contracts import Contract, load_contract
 from loader.contracts.model import available_contracts
 from loader.database import Warehouse
-from loader.dbt_contract_macro import render_contract_macro
+from loader.dbt import sources as dbt_sources
+from loader.dbt.contract_macro import render_contract_macro
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHARED_CONTRACT = REPO.parent / "shared" / "contracts" / "sms_v1.md"
 # How the staging macros read a rule key a column spec leaves out.
 ABSENT_RULES = {"required": False, "values": [], "default": None, "min": None, "max_years_ahead": None,
@@ -47,7 +47,7 @@ def contract_macro_result(text: str, contract_name: str) -> dict:
 def test_committed_contract_macro_is_the_rendering(name: str) -> None:
     contract = load_contract(name)
     path = dbt_sources.contract_macro_path(contract)
-    assert path.read_text(encoding="utf-8") == render_contract_macro(contract), "run python -m loader.dbt_sources"
+    assert path.read_text(encoding="utf-8") == render_contract_macro(contract), "run python -m loader.dbt.sources"
 
 
 @pytest.mark.parametrize("name", available_contracts())

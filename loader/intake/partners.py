@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loader.load_key import PART
+from loader.intake.load_key import PART
 
 
 class PartnerSettingsError(ValueError):

@@ -9,7 +9,6 @@ transaction, so a failure anywhere leaves production exactly as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import Contract
-from loader.load_key import LoadKey
+from loader.dbt.relations import MissingRelation, Relation, dbt_relation
+from loader.intake.load_key import LoadKey
 
 # Production columns that are bookkeeping, not the entity's values: a row whose
 # values are all equal is "unchanged" even when these differ.
@@ -30,34 +30,6 @@ BOOKKEEPING = ("id", "partner_id", "shop_id", "external_id", "source", "load_id"
 
 class PublishError(RuntimeError):
     """Publishing failed; the transaction was rolled back and production is unchanged."""
-
-
-@dataclass(frozen=True)
-class Relation:
-    schema: str
-    name: str
-
-    def ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.name)
-
-
-def dbt_relation(target_dir: Path, model: str) -> Relation:
-    """Where dbt built a model, from its manifest (so profiles.yml decides schemas, not this code)."""
-    manifest = json.loads((target_dir / "manifest.json").read_text(encoding="utf-8"))
-    for node in manifest["nodes"].values():
-        if node.get("resource_type") == "model" and node.get("name") == model:
-            return Relation(node["schema"], node.get("alias") or node["name"])
-    raise PublishError(f"dbt model {model!r} is not in {target_dir / 'manifest.json'}")
-
-
-def built_relation(cur: psycopg2.extensions.cursor, target_dir: Path, model: str) -> Relation | None:
-    """Where dbt built a model, or None before dbt has built it here (no manifest, no such model or table)."""
-    try:
-        relation = dbt_relation(target_dir, model)
-    except (OSError, PublishError):
-        return None
-    cur.execute("select to_regclass(%s) is not null", (f'"{relation.schema}"."{relation.name}"',))
-    return relation if cur.fetchone()[0] else None
 
 
 @dataclass(frozen=True)
@@ -177,7 +149,10 @@ def publish(
     publisher = Publisher(conn, contract, key)
     for entity in contract.entities:
         model = f"publish_{entity.name}"
-        publisher.model_built(model, dbt_relation(target_dir, model))
+        try:
+            publisher.model_built(model, dbt_relation(target_dir, model))
+        except MissingRelation as exc:
+            raise PublishError(str(exc)) from exc
     publisher.start()
     return publisher.finish(commit=True)
 

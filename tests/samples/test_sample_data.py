@@ -1,4 +1,4 @@
-"""Unit tests for loader.sample_data: small exports in temporary folders, no database.
+"""Unit tests for loader.samples.sms_v1: small exports in temporary folders, no database.
 
 The central check is an independent, deliberately naive reading of the contract's rules
 (`reference_exceptions`): run over a generated export it must find exactly the planted errors, and nothing
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from loader.contracts import Column, Entity, load_contract
-from loader.sample_data import ExportSpec, main, rows_for_total, write_export, write_line_items_file
+from loader.samples.sms_v1 import ExportSpec, main, rows_for_total, write_export, write_line_items_file
 
 CONTRACT = load_contract("sms_v1")
 # Every rule code of shared/contracts/sms_v1.md with its severity.

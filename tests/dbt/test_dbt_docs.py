@@ -9,8 +9,8 @@ from helpers import make_load
 
 from loader.cli import main
 from loader.database import Warehouse
-from loader.dbt_runner import DBT_PROJECT, PROFILES_DIR, build_vars
-from loader.load_key import LoadKey
+from loader.dbt.runner import DBT_PROJECT, PROFILES_DIR, build_vars
+from loader.intake.load_key import LoadKey
 
 
 def test_docs_cover_every_model_and_column(db: Warehouse, tmp_path: Path, monkeypatch) -> None:

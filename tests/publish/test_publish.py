@@ -18,9 +18,9 @@ from helpers import make_load, query
 from loader.cli import main
 from loader.contracts import load_contract
 from loader.database import Warehouse
-from loader.load_key import LoadKey
-from loader.publish import PublishError, dbt_relation, publish
-from loader.sample_data import ExportSpec, write_export
+from loader.intake.load_key import LoadKey
+from loader.publish.transaction import PublishError, dbt_relation, publish
+from loader.samples.sms_v1 import ExportSpec, write_export
 
 ENTITIES = [e.name for e in load_contract("sms_v1").entities]
 TODAY = dt.date.today().isoformat()
@@ -265,7 +265,7 @@ def test_unknown_load_exits_1(db: Warehouse, capsys) -> None:
 
 def test_a_role_that_may_not_skip_row_triggers_keeps_them_and_its_transaction(db: Warehouse) -> None:
     """On a server where the loader is not a superuser, publishing falls back to PostgreSQL's own checks."""
-    from loader.publish import _skip_row_triggers
+    from loader.publish.transaction import _skip_row_triggers
 
     role = f"no_super_{uuid.uuid4().hex[:8]}"
     query(db, f"create role {role} login")

@@ -17,13 +17,13 @@ import pytest
 from helpers import header_only, make_load, query
 
 from loader.database import Warehouse
-from loader.partners import PartnersFile
-from loader.progress import make_progress
-from loader.runner import run_load
-from loader.sample_data import ExportResult, ExportSpec, write_export
+from loader.intake.partners import PartnersFile
+from loader.runs.pipeline import run_load
+from loader.runs.progress import make_progress
+from loader.samples.sms_v1 import ExportResult, ExportSpec, write_export
 
-REPO = Path(__file__).resolve().parent.parent
-PROD_SQL = REPO / "loader" / "sql" / "prod_sms_v1.sql"
+REPO = Path(__file__).resolve().parents[2]
+PROD_SQL = REPO / "loader" / "contracts" / "sms_v1.sql"
 # Dependency order: parents are published before their children.
 ENTITIES = ("customers", "vehicles", "invoices", "line_items", "payments", "inventory_parts", "suppliers")
 WARNING_RULES = {"total_mismatch", "vin_check_digit", "short_phone", "vehicle_owner_mismatch", "unknown_column"}
@@ -241,10 +241,9 @@ def test_rerun_is_unchanged_and_a_later_load_updates_and_resolves_against_produc
 def test_without_vars_dbt_validates_the_load_the_loader_named(shop_db: Warehouse, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The loader passes no vars (so dbt's parse stays cached): the load comes from loader_registry.dbt_context."""
-    from loader.database import ensure_registry
-    from loader.dbt_runner import dbt_build as loader_dbt_build
-    from loader.load_key import LoadKey
-    from loader.registry import set_dbt_context
+    from loader.dbt.runner import dbt_build as loader_dbt_build
+    from loader.intake.load_key import LoadKey
+    from loader.runs.registry import ensure_registry, set_dbt_context
 
     ensure_registry(shop_db)
     execute(shop_db, "delete from loader_registry.dbt_context")

@@ -13,7 +13,7 @@ from helpers import make_load, query
 
 from loader.cli import main
 from loader.database import Warehouse
-from loader.partners import PartnerSettingsError, load_partners
+from loader.intake.partners import PartnerSettingsError, load_partners
 
 LOADER = Path(sys.executable).parent / "loader"
 

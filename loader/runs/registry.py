@@ -12,8 +12,12 @@ import psycopg2.extensions
 from psycopg2 import sql
 from pydantic import BaseModel
 
-from loader.load_key import LoadKey
-from loader.manifest import Problem
+from loader.database import Warehouse
+from loader.dbt.relations import built_relation
+from loader.intake.load_key import LoadKey
+from loader.intake.manifest import Problem
+
+REGISTRY_SQL = Path(__file__).parent / "registry.sql"
 
 RunStatus = Literal["queued", "running", "completed", "failed", "needs_review", "rejected"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "rejected"})
@@ -145,8 +149,6 @@ def latest_run(conn: psycopg2.extensions.connection, key: LoadKey) -> RunRecord 
 
 def exception_counts(conn: psycopg2.extensions.connection, target_dir: Path, run_id: int) -> tuple[int, int]:
     """(errors, warnings) in the run's exception report."""
-    from loader.publish import built_relation
-
     with conn, conn.cursor() as cur:
         relation = built_relation(cur, target_dir, "exceptions")
         if relation is None:
@@ -193,3 +195,11 @@ def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey, wait: bool = T
             with conn.cursor() as cur:
                 cur.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key,))
             conn.commit()
+
+
+def ensure_registry(warehouse: Warehouse) -> None:
+    """Create or update the run registry schema (idempotent DDL)."""
+    conn = warehouse.connect()
+    with contextlib.closing(conn), conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('loader_registry ddl'))")
+        cur.execute(REGISTRY_SQL.read_text(encoding="utf-8"))

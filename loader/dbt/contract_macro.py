@@ -33,7 +33,7 @@ def _header(contract: Contract) -> list[str]:
         " report_field. Only `phone` typed columns get the short_phone warning; a phone number typed `text` in"
         " the contract is plain text."
     )
-    generated = (f"Generated from loader/contracts/{contract.name}.yaml by `python -m loader.dbt_sources`;"
+    generated = (f"Generated from loader/contracts/{contract.name}.yaml by `python -m loader.dbt.sources`;"
                  " do not edit by hand.")
     return [
         "{#-",

@@ -11,19 +11,20 @@ from pathlib import Path
 import psycopg2.extensions
 
 from loader.contracts import Contract
-from loader.csv_scan import CsvFileError
-from loader.database import Warehouse, ensure_registry
-from loader.dbt_runner import dbt_build
-from loader.identical_rerun import carry_over, fingerprint, previous_identical_run
-from loader.landing import LandedFile, load, preload_unless_landed, prepare
-from loader.load_key import LoadKey
-from loader.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
-from loader.partners import PartnersFile
-from loader.progress import Progress
-from loader.publish import Publisher, PublishError, ensure_production
-from loader.raw_copy import LandingError
-from loader.registry import (
+from loader.database import Warehouse
+from loader.dbt.runner import dbt_build
+from loader.formats.header import CsvFileError
+from loader.intake.load_key import LoadKey
+from loader.intake.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
+from loader.intake.partners import PartnersFile
+from loader.landing.raw_copy import LandingError
+from loader.landing.spool import LandedFile, load, preload_unless_landed, prepare
+from loader.publish.identical_rerun import carry_over, fingerprint, previous_identical_run
+from loader.publish.transaction import Publisher, PublishError, ensure_production
+from loader.runs.progress import Progress
+from loader.runs.registry import (
     RunStatus,
+    ensure_registry,
     exception_counts,
     record_problems,
     set_dbt_context,

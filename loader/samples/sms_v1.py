@@ -260,7 +260,7 @@ def write_line_items_file(path: Path, rows: int, seed: int = 42) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m loader.sample_data", description="Write a realistic sms_v1 shop export."
+        prog="python -m loader.samples.sms_v1", description="Write a realistic sms_v1 shop export."
     )
     parser.add_argument("out_dir", type=Path, help="root of the imports tree")
     size = parser.add_mutually_exclusive_group()

@@ -26,12 +26,13 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from loader.contracts import Contract
-from loader.csv_scan import LINEAGE_COLUMNS, PROBLEM_COLUMNS, CsvFileError, RawTableLayout, iter_raw_batches
 from loader.database import Warehouse
-from loader.load_key import LoadKey, LoadKeyError
-from loader.manifest import VerifiedFile, read_manifest
-from loader.progress import Progress
-from loader.raw_copy import CopyJob, copy_chunks, preload
+from loader.formats.csv_reader import LINEAGE_COLUMNS, PROBLEM_COLUMNS, RawTableLayout, iter_raw_batches
+from loader.formats.header import CsvFileError
+from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.manifest import VerifiedFile, read_manifest
+from loader.landing.raw_copy import CopyJob, copy_chunks, preload
+from loader.runs.progress import Progress
 
 # Spooled CSV chunks hold at most this many rows, and a file is cut into a
 # multiple of the worker count so that every parallel COPY stream stays busy.

@@ -8,10 +8,10 @@ from pathlib import Path
 import yaml
 
 from loader.contracts import Contract, load_contract
-from loader.csv_scan import LINEAGE_COLUMNS
-from loader.dbt_contract_macro import render_contract_macro
+from loader.dbt.contract_macro import render_contract_macro
+from loader.formats.csv_reader import LINEAGE_COLUMNS
 
-DBT_PROJECT = Path(__file__).resolve().parent.parent / "dbt_project"
+DBT_PROJECT = Path(__file__).resolve().parents[2] / "dbt_project"
 LINEAGE_DESCRIPTIONS = {
     "_file_id": "The landed file this row came from (loader_registry.landed_files: load key, file name, sha256).",
     "_row_number": "1 = first data record after the header.",
@@ -57,7 +57,7 @@ def render_sources(contract: Contract) -> str:
             "tables": tables,
         }],
     }
-    header = (f"# Generated from loader/contracts/{contract.name}.yaml by `python -m loader.dbt_sources`;"
+    header = (f"# Generated from loader/contracts/{contract.name}.yaml by `python -m loader.dbt.sources`;"
               " do not edit by hand.\n")
     return header + yaml.safe_dump(doc, sort_keys=False, width=110, allow_unicode=True)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     for path in stale:
-        print(f"out of date: {path} (run python -m loader.dbt_sources)")
+        print(f"out of date: {path} (run python -m loader.dbt.sources)")
     return 1 if stale else 0
 
 

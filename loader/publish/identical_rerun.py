@@ -16,9 +16,10 @@ from pathlib import Path
 import psycopg2.extensions
 from psycopg2 import sql
 
-from loader.dbt_runner import DBT_PROJECT
-from loader.load_key import LoadKey
-from loader.publish import PublishError, built_relation
+from loader.dbt.relations import built_relation
+from loader.dbt.runner import DBT_PROJECT
+from loader.intake.load_key import LoadKey
+from loader.publish.transaction import PublishError
 
 _SQL_DIRS = ("models", "macros", "tests")
 

@@ -16,9 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loader.contracts import Contract, Entity, load_contract
-from loader.csv_scan import CsvFileError, Header, count_and_digest, file_sha256, read_header
-from loader.load_key import LoadKey, LoadKeyError
-from loader.partners import PartnerSettings
+from loader.formats.csv_reader import count_and_digest, file_sha256
+from loader.formats.header import CsvFileError, Header, read_header
+from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.partners import PartnerSettings
 
 MANIFEST = "manifest.json"
 DEFAULT_CONTRACT = "sms_v1"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import header_only, make_load
 
-from loader.load_key import LoadKey, LoadKeyError
-from loader.manifest import verify_folder
-from loader.partners import PartnerSettings
+from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.manifest import verify_folder
+from loader.intake.partners import PartnerSettings
 
 
 def verify(folder: Path):

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from loader.database import Warehouse
-from loader.load_key import LoadKey
-from loader.publish import Relation
+from loader.dbt.relations import Relation
+from loader.intake.load_key import LoadKey
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DBT_PROJECT = REPO / "dbt_project"
 PROFILES_DIR = REPO
 

@@ -12,9 +12,9 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import load_contract
-from loader.load_key import LoadKey
-from loader.publish import built_relation
-from loader.registry import RunRecord, latest_run
+from loader.dbt.relations import built_relation
+from loader.intake.load_key import LoadKey
+from loader.runs.registry import RunRecord, latest_run
 
 LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows", "warning_rows",
                   "inserted", "updated", "unchanged")

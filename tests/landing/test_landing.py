@@ -11,9 +11,9 @@ import psycopg2
 import pytest
 from helpers import CUSTOMERS, header_only, make_load, query
 
-from loader import csv_scan
 from loader.cli import main
 from loader.database import Warehouse
+from loader.formats import csv_reader
 
 
 def run(folder: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -233,7 +233,7 @@ def test_customers_larger_than_one_batch(
     db: Warehouse, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # About ten parser batches: clean batches and the one with the ragged record are spooled to different chunks.
-    monkeypatch.setattr(csv_scan, "BLOCK_SIZE", 256 << 10)
+    monkeypatch.setattr(csv_reader, "BLOCK_SIZE", 256 << 10)
     lines = [b"external_customer_id,last_name,address_line1"]
     for i in range(120_000):
         lines.append(b'C%d,Name %d,"%d Long\nStreet"' % (i, i, i) if i % 1000 == 0 else b"C%d,Name %d,Street" % (i, i))

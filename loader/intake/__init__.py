@@ -1,0 +1,1 @@
+"""Intake: load keys, manifest verification and partner settings."""

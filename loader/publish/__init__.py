@@ -1,0 +1,1 @@
+"""The one-transaction publish into production, and identical reruns."""

@@ -1,0 +1,1 @@
+"""Sample-export generators, one per contract."""
