@@ -6,7 +6,6 @@ each problem naming its file; nothing is written anywhere until this passes.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,26 +18,33 @@ from loader.contracts import Contract, Entity, load_contract
 from loader.formats.csv_reader import count_and_digest, file_sha256
 from loader.formats.header import CsvFileError, Header, read_header
 from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.manifest_json import MAX_MANIFEST_BYTES, ManifestJsonError, parse_manifest_json
 from loader.intake.partners import PartnerSettings
 
 MANIFEST = "manifest.json"
 DEFAULT_CONTRACT = "sms_v1"
+# A contract has a handful of files; a manifest listing more is refused before any entry is looked at.
+MAX_MANIFEST_FILES = 1000
+# Problems of one kind shown for a folder; the rest are counted ("... and N more").
+MAX_PROBLEMS_SHOWN = 20
 
 
+# The contract's promise is JSON types, not things that look like them: "40",
+# 40.0 and true are not a row count (strict mode refuses each).
 class ManifestFile(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     name: str = Field(min_length=1, max_length=255)
-    rows: int = Field(ge=0)
+    rows: int = Field(ge=0, le=2**63 - 1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
-    load_id: str = Field(min_length=1)
-    contract: str = DEFAULT_CONTRACT
-    files: list[ManifestFile]
+    load_id: str = Field(min_length=1, max_length=255)
+    contract: str = Field(default=DEFAULT_CONTRACT, min_length=1, max_length=255)
+    files: list[ManifestFile] = Field(max_length=MAX_MANIFEST_FILES)
 
 
 @dataclass(frozen=True)
@@ -93,20 +99,44 @@ def _manifest_problems(exc: ValidationError) -> list[Problem]:
     return problems
 
 
+def capped(problems: list[Problem]) -> list[Problem]:
+    """At most MAX_PROBLEMS_SHOWN problems of each rule, the rest counted in one more line.
+
+    A hostile manifest can name thousands of files that are not there: the
+    refusal stays readable and its record in the registry small.
+    """
+    shown: list[Problem] = []
+    hidden: Counter[str] = Counter()
+    per_rule: Counter[str] = Counter()
+    for problem in problems:
+        per_rule[problem.rule] += 1
+        if per_rule[problem.rule] <= MAX_PROBLEMS_SHOWN:
+            shown.append(problem)
+        else:
+            hidden[problem.rule] += 1
+    for rule, count in hidden.items():
+        shown.append(Problem(rule, f"... and {count:,} more {rule} problem(s) like the ones above"))
+    return shown
+
+
 def read_manifest(folder: Path) -> tuple[Manifest | None, list[Problem]]:
     path = folder / MANIFEST
     if not path.is_file() or path.is_symlink():
         return None, [Problem("manifest", "manifest.json is missing (it is written last: is the folder complete?)",
                               file=MANIFEST)]
     try:
-        data = json.loads(path.read_bytes())
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestJsonError(f"is {size:,} bytes; a manifest may be at most {MAX_MANIFEST_BYTES:,} bytes")
+        data = parse_manifest_json(path.read_bytes())
     except OSError as exc:
         return None, [Problem("manifest", f"cannot be read: {exc.strerror}", file=MANIFEST)]
-    except UnicodeDecodeError as exc:
-        return None, [Problem("manifest", f"not UTF-8: {exc}", file=MANIFEST)]
-    except json.JSONDecodeError as exc:
-        return None, [Problem("manifest", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                              file=MANIFEST)]
+    except ManifestJsonError as exc:
+        return None, [Problem("manifest", str(exc), file=MANIFEST)]
+    files = data.get("files") if isinstance(data, dict) else None
+    if isinstance(files, list) and len(files) > MAX_MANIFEST_FILES:
+        return None, [Problem("manifest", f"files lists {len(files):,} entries; a manifest may list at most "
+                              f"{MAX_MANIFEST_FILES:,}", file=MANIFEST)]
     try:
         return Manifest.model_validate(data), []
     except ValidationError as exc:
@@ -237,7 +267,7 @@ def verify_folder(
         return result
 
     manifest, problems = read_manifest(folder)
-    result.refusals += problems
+    result.refusals += capped(problems)
     if manifest is None:
         return result
     if manifest.load_id != result.key.load_id:
@@ -250,9 +280,8 @@ def verify_folder(
         return result
 
     on_disk, problems = _csv_files_on_disk(folder)
-    result.refusals += problems
-    matched, problems = _match_files(result.contract, manifest, on_disk)
-    result.refusals += problems
+    matched, match_problems = _match_files(result.contract, manifest, on_disk)
+    result.refusals += capped(problems + match_problems)
     settings = settings_for(result.key.partner_id)
     for entity in result.contract.entities:
         if entity.name not in matched:
