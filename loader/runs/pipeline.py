@@ -27,6 +27,7 @@ from loader.runs.registry import (
     ensure_registry,
     exception_counts,
     record_problems,
+    record_run_files,
     set_dbt_context,
     set_fingerprint,
     set_status,
@@ -94,48 +95,77 @@ def run_load(
             if verification.key else _parts_of(folder)
         )
         run_id = start_run(conn, parts, contract_name, triggered_by, os.fspath(folder.absolute()))
-        if not verification.ok:
-            # A refused folder is not landed, so count its records here to report every problem at once.
-            verification = verify_folder(folder, partners.for_partner, count_records=True)
-            return _refuse(conn, run_id, verification, [])
+        try:
+            return _run_started(warehouse, conn, partners, folder, run_id, verification, progress=progress,
+                                home=home, land_workers=land_workers, transform=transform)
+        except Exception as exc:
+            # A bug or an unforeseen failure: the run must not stay `running` after this process ends.
+            log.debug("run %s failed unexpectedly", run_id, exc_info=True)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            _fail_quietly(conn, run_id, message)
+            return RunOutcome(run_id, "failed", verification, message=message)
+        except BaseException:
+            _fail_quietly(conn, run_id, "interrupted: the loader was stopped during the run")
+            raise
 
-        assert verification.key is not None and verification.contract is not None
-        key, contract = verification.key, verification.contract
-        settings = partners.for_partner(key.partner_id)
-        with contextlib.closing(warehouse.connect()) as lock_conn, shop_lock(lock_conn, key):
-            try:
-                prepared = prepare(conn, key, verification.files, settings.encoding, land_workers, progress)
-            except CsvFileError as exc:
-                return _refuse(conn, run_id, verification,
-                               [Problem("csv", f"cannot be read as CSV: {exc}", file=exc.file_name)])
-            counts = [p for pf in prepared.files for p in record_count_problems(pf.file, pf.records)]
-            if counts:
-                prepared.discard()
-                return _refuse(conn, run_id, verification, counts)
 
-            record_problems(conn, run_id, verification.findings)
-            try:
-                landed = load(warehouse, conn, contract, key, prepared, land_workers, progress)
-            except LandingError as exc:
-                log.exception("landing failed")
-                set_status(conn, run_id, "failed", str(exc)[:2000])
-                return RunOutcome(run_id, "failed", verification, message=str(exc))
-            with conn, conn.cursor() as cur:
-                cur.executemany(
-                    "insert into loader_registry.run_files (run_id, entity, file_id, manifest_rows, newly_landed)"
-                    " values (%s, %s, %s, %s, %s)",
-                    [(run_id, lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
-                     for lf, vf in zip(landed, verification.files, strict=True)],
-                )
-            if not transform:
-                errors = sum(1 for p in verification.findings if p.severity == "error")
-                errors += sum(lf.problem_rows for lf in landed)
-                warnings = sum(1 for p in verification.findings if p.severity == "warning")
-                set_status(conn, run_id, "completed", f"landed in {contract.raw_dataset} (not transformed)",
-                           error_count=errors, warning_count=warnings)
-                return RunOutcome(run_id, "completed", verification, landed)
-            return _transform_and_publish(warehouse, conn, lock_conn, contract, key, run_id, verification, landed,
-                                          settings.encoding, settings.date_format, home, progress)
+def _fail_quietly(conn: psycopg2.extensions.connection, run_id: int, message: str) -> None:
+    """Record a run as failed on the way out of an error; the connection may be broken, so try a fresh state."""
+    try:
+        conn.rollback()
+        set_status(conn, run_id, "failed", message[:4000])
+    except psycopg2.Error:
+        log.warning("could not record run %s as failed: the database connection is gone", run_id)
+
+
+def _run_started(
+    warehouse: Warehouse,
+    conn: psycopg2.extensions.connection,
+    partners: PartnersFile,
+    folder: Path,
+    run_id: int,
+    verification: Verification,
+    *,
+    progress: Progress,
+    home: Path,
+    land_workers: int,
+    transform: bool,
+) -> RunOutcome:
+    if not verification.ok:
+        # A refused folder is not landed, so count its records here to report every problem at once.
+        verification = verify_folder(folder, partners.for_partner, count_records=True)
+        return _refuse(conn, run_id, verification, [])
+
+    assert verification.key is not None and verification.contract is not None
+    key, contract = verification.key, verification.contract
+    settings = partners.for_partner(key.partner_id)
+    with contextlib.closing(warehouse.connect()) as lock_conn, shop_lock(lock_conn, key):
+        try:
+            prepared = prepare(conn, key, verification.files, settings.encoding, land_workers, progress)
+        except CsvFileError as exc:
+            return _refuse(conn, run_id, verification,
+                           [Problem("csv", f"cannot be read as CSV: {exc}", file=exc.file_name)])
+        counts = [p for pf in prepared.files for p in record_count_problems(pf.file, pf.records)]
+        if counts:
+            prepared.discard()
+            return _refuse(conn, run_id, verification, counts)
+
+        record_problems(conn, run_id, verification.findings)
+        try:
+            landed = load(warehouse, conn, contract, key, prepared, land_workers, progress)
+        except LandingError as exc:
+            log.debug("landing failed", exc_info=True)
+            return _failed(conn, run_id, verification, [], str(exc))
+        record_run_files(conn, run_id, [(lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
+                                        for lf, vf in zip(landed, verification.files, strict=True)])
+        if not transform:
+            errors, warnings = _finding_counts(verification)
+            errors += sum(lf.problem_rows for lf in landed)
+            set_status(conn, run_id, "completed", f"landed in {contract.raw_dataset} (not transformed)",
+                       error_count=errors, warning_count=warnings)
+            return RunOutcome(run_id, "completed", verification, landed)
+        return _transform_and_publish(warehouse, conn, lock_conn, contract, key, run_id, verification, landed,
+                                      settings.encoding, settings.date_format, home, progress)
 
 
 def _transform_and_publish(
@@ -174,17 +204,37 @@ def _transform_and_publish(
                 try:
                     publisher.finish(commit=outcome.success)
                 except PublishError as exc:
-                    set_status(conn, run_id, "failed", str(exc)[:4000])
-                    return RunOutcome(run_id, "failed", verification, landed, message=str(exc))
+                    return _failed(conn, run_id, verification, landed, str(exc), target)
             if not outcome.success:
-                set_status(conn, run_id, "failed", outcome.summary()[:4000])
-                return RunOutcome(run_id, "failed", verification, landed, message=outcome.summary())
+                return _failed(conn, run_id, verification, landed, outcome.summary(), target)
         set_fingerprint(conn, run_id, digest)
     errors, warnings = exception_counts(conn, target, run_id)
     message = (f"identical to run {previous}: every valid row unchanged, nothing to publish" if previous
                else f"published into {contract.production_schema}")
     set_status(conn, run_id, "completed", message, error_count=errors, warning_count=warnings)
     return RunOutcome(run_id, "completed", verification, landed, message=message if previous else None)
+
+
+def _finding_counts(verification: Verification) -> tuple[int, int]:
+    """(errors, warnings) among the file-level findings of a folder."""
+    errors = sum(1 for p in verification.findings if p.severity == "error")
+    return errors, len(verification.findings) - errors
+
+
+def _failed(
+    conn: psycopg2.extensions.connection,
+    run_id: int,
+    verification: Verification,
+    landed: list[LandedFile],
+    message: str,
+    target: Path | None = None,
+) -> RunOutcome:
+    """Record a failed run with what it found: its exception rows where dbt got that far, else its file findings."""
+    errors, warnings = exception_counts(conn, target, run_id) if target is not None else (0, 0)
+    if errors == warnings == 0:
+        errors, warnings = _finding_counts(verification)
+    set_status(conn, run_id, "failed", message[:4000], error_count=errors, warning_count=warnings)
+    return RunOutcome(run_id, "failed", verification, landed, message=message)
 
 
 def describe_problems(problems: list[Problem]) -> list[str]:

@@ -42,6 +42,22 @@ _RUN_COLUMNS = """
 """
 
 
+def storable(text: str | None) -> str | None:
+    """Text PostgreSQL can store, whatever bytes a partner put in it.
+
+    Problem messages quote headers, values and paths; PostgreSQL's text holds
+    no NUL, and a path or header read with surrogateescape holds lone
+    surrogates that do not encode. Both are shown escaped (\\x00, \\xe9).
+    """
+    if text is None:
+        return None
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
 def _record(row: Sequence[object]) -> RunRecord:
     names = list(RunRecord.model_fields)
     return RunRecord.model_validate(dict(zip(names, row, strict=True)))
@@ -56,17 +72,17 @@ def start_run(
 ) -> int:
     """Register a run in `running` state. `parts` may be unchecked text from a refused path:
     it is only ever stored as data, cut to a sane length."""
-    partner, shop, load = (p[:200] for p in parts)
+    partner, shop, load = (storable(p[:200]) for p in parts)
     with conn, conn.cursor() as cur:
         cur.execute(
             "insert into loader_registry.runs (partner_id, shop_id, load_id, contract, status, triggered_by,"
             " source_path) values (%s, %s, %s, %s, 'running', %s, %s) returning run_id",
-            (partner, shop, load, contract, triggered_by, source_path),
+            (partner, shop, load, contract, storable(triggered_by), storable(source_path)),
         )
         run_id = cur.fetchone()[0]
         cur.execute(
             "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, 'running', %s)",
-            (run_id, f"started by {triggered_by}"),
+            (run_id, storable(f"started by {triggered_by}")),
         )
     return run_id
 
@@ -80,6 +96,7 @@ def set_status(
     error_count: int | None = None,
     warning_count: int | None = None,
 ) -> None:
+    detail = storable(detail)
     with conn, conn.cursor() as cur:
         cur.execute(
             """
@@ -126,14 +143,62 @@ def record_problems(conn: psycopg2.extensions.connection, run_id: int, problems:
         cur.executemany(
             "insert into loader_registry.run_problems (run_id, file_name, entity, field, rule, severity, message)"
             " values (%s, %s, %s, %s, %s, %s, %s)",
-            [(run_id, p.file, p.entity, p.field, p.rule, p.severity, p.message) for p in problems],
+            [(run_id, storable(p.file), p.entity, storable(p.field), p.rule, p.severity, storable(p.message))
+             for p in problems],
         )
 
 
-def recent_runs(conn: psycopg2.extensions.connection, limit: int = 20) -> list[RunRecord]:
+def recent_runs(
+    conn: psycopg2.extensions.connection, limit: int = 20, status: RunStatus | None = None
+) -> list[RunRecord]:
+    """The newest runs first, of one status if given."""
     with conn, conn.cursor() as cur:
-        cur.execute(f"select {_RUN_COLUMNS} from loader_registry.runs order by run_id desc limit %s", (limit,))
+        cur.execute(
+            f"select {_RUN_COLUMNS} from loader_registry.runs where %(status)s::text is null or status = %(status)s"
+            " order by run_id desc limit %(limit)s",
+            {"status": status, "limit": limit},
+        )
         return [_record(r) for r in cur.fetchall()]
+
+
+class HistoryEntry(BaseModel):
+    status: RunStatus
+    at: dt.datetime
+    message: str | None
+
+
+def run_history(conn: psycopg2.extensions.connection, run_id: int) -> list[HistoryEntry]:
+    """Every status change of a run, oldest first."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "select status, changed_at, detail from loader_registry.run_status_history where run_id = %s"
+            " order by history_id",
+            (run_id,),
+        )
+        return [HistoryEntry(status=s, at=at, message=m) for s, at, m in cur.fetchall()]
+
+
+def kept_source(conn: psycopg2.extensions.connection, key: LoadKey) -> str | None:
+    """The folder a load's latest run read, where a rerun finds its files; None for an unknown load."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "select source_path from loader_registry.runs where partner_id = %s and shop_id = %s and load_id = %s"
+            " and source_path is not null order by run_id desc limit 1",
+            (key.partner_id, key.shop_id, key.load_id),
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def record_run_files(conn: psycopg2.extensions.connection, run_id: int,
+                     files: Sequence[tuple[str, int, int, bool]]) -> None:
+    """Which landed file the run used for each entity: (entity, file_id, manifest_rows, newly_landed)."""
+    with conn, conn.cursor() as cur:
+        cur.executemany(
+            "insert into loader_registry.run_files (run_id, entity, file_id, manifest_rows, newly_landed)"
+            " values (%s, %s, %s, %s, %s)",
+            [(run_id, *f) for f in files],
+        )
 
 
 def latest_run(conn: psycopg2.extensions.connection, key: LoadKey) -> RunRecord | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -21,36 +22,61 @@ LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows",
 EXCEPTION_COLUMNS = ("entity", "row_number", "line_number", "field", "rule", "severity", "value", "message")
 
 
-def ledger(conn: psycopg2.extensions.connection, target_dir: Path, run: RunRecord) -> dict[str, dict[str, int]]:
-    """Every entity of the contract, with zeros where the run has no ledger row."""
+def ledger(
+    conn: psycopg2.extensions.connection, target_dir: Path, run: RunRecord
+) -> dict[str, dict[str, int]] | None:
+    """Every entity of the contract (zeros for an empty file), or None when the run never got as far as a ledger."""
     contract = load_contract(run.contract)
     rows: dict[str, dict[str, int]] = {e.name: dict.fromkeys(LEDGER_COLUMNS, 0) for e in contract.entities}
     with conn, conn.cursor() as cur:
         relation = built_relation(cur, target_dir, "ledger")
-        if relation is not None:
-            cur.execute(
-                sql.SQL("select entity, {cols} from {ledger} where run_id = %s").format(
-                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS), ledger=relation.ident()),
-                (run.run_id,),
-            )
-            for entity, *values in cur.fetchall():
-                if entity in rows:
-                    rows[entity] = {c: int(v or 0) for c, v in zip(LEDGER_COLUMNS, values, strict=True)}
+        if relation is None:
+            return None
+        cur.execute(
+            sql.SQL("select entity, {cols} from {ledger} where run_id = %s").format(
+                cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS), ledger=relation.ident()),
+            (run.run_id,),
+        )
+        found = cur.fetchall()
+    if not found:
+        return None
+    for entity, *values in found:
+        if entity in rows:
+            rows[entity] = {c: int(v or 0) for c, v in zip(LEDGER_COLUMNS, values, strict=True)}
     return rows
+
+
+def no_ledger_reason(run: RunRecord) -> str:
+    """Why a run has no ledger, for people: what happened to it instead."""
+    what = {
+        "rejected": "the folder was refused before anything was landed",
+        "failed": "the run failed before its ledger was written",
+        "queued": "the run has not started yet",
+        "running": "the run is still running",
+    }.get(run.status, f"the run is {run.status} without a ledger")
+    return f"{what}: {run.message}" if run.message and run.status in ("rejected", "failed") else what
 
 
 def report(conn: psycopg2.extensions.connection, target_dir: Path, key: LoadKey) -> dict[str, Any] | None:
     run = latest_run(conn, key)
     if run is None:
         return None
-    return {
+    entities = ledger(conn, target_dir, run)
+    body: dict[str, Any] = {
         "load": str(key),
         "contract": run.contract,
         "status": run.status,
-        "started_at": run.started_at.isoformat().replace("+00:00", "Z"),
-        "completed_at": run.completed_at.isoformat().replace("+00:00", "Z") if run.completed_at else None,
-        "entities": ledger(conn, target_dir, run),
+        "started_at": _utc(run.started_at),
+        "completed_at": _utc(run.completed_at) if run.completed_at else None,
+        "entities": entities or {},
     }
+    if entities is None:
+        body["no_ledger"] = no_ledger_reason(run)
+    return body
+
+
+def _utc(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def exceptions(
@@ -71,10 +97,13 @@ def exceptions(
                 (run.run_id, entity, entity),
             )
             rows = cur.fetchall()
-        else:
+        if not rows:
+            # Refused, or failed before dbt wrote its exceptions: what the loader found in the files.
+            # A file's problems are about its header: row 0, line 1, as in dbt's exception report.
             cur.execute(
-                "select coalesce(entity, ''), 0, 0, coalesce(field, file_name, ''), rule, severity, file_name,"
-                " message from loader_registry.run_problems where run_id = %s"
+                "select coalesce(entity, ''), 0, case when entity is null then 0 else 1 end,"
+                " coalesce(field, file_name, ''), rule, severity, file_name, message"
+                " from loader_registry.run_problems where run_id = %s"
                 " and (%s::text is null or entity = %s) order by problem_id",
                 (run.run_id, entity, entity),
             )
@@ -82,11 +111,23 @@ def exceptions(
     return [dict(zip(EXCEPTION_COLUMNS, r, strict=True)) for r in rows]
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def exceptions_csv(rows: list[dict[str, Any]]) -> str:
+    """The exception report as CSV for people (partners open it in spreadsheets)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EXCEPTION_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 
