@@ -113,12 +113,12 @@ def plain_copy(warehouse: Warehouse, path: Path) -> float:
 
 
 def _child(folders: list[str], url: str, queue: mp.Queue) -> None:
-    from loader.database import parse_url
+    from loader.database import warehouse_from_url
     from loader.intake.partners import PartnersFile
     from loader.runs.pipeline import run_load
     from loader.runs.progress import LogProgress
 
-    warehouse = parse_url(url)
+    warehouse = warehouse_from_url(url)
     times = []
     with open(os.devnull, "w") as quiet:
         for folder in folders:

@@ -4,29 +4,41 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
 from loader.contracts import load_contract
 from loader.contracts.model import available_contracts
-from loader.database import Warehouse, psql_binary, resolve_warehouse
+from loader.database import (
+    Warehouse,
+    WarehouseUnavailable,
+    WarehouseUrlError,
+    embedded_running,
+    psql_binary,
+    resolve_warehouse,
+    stop_embedded,
+)
 from loader.dbt.runner import build_vars
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.partners import PartnerSettingsError, load_partners
 from loader.runs import reports
 from loader.runs.pipeline import RunOutcome, describe_problems, run_load
 from loader.runs.progress import make_progress
-from loader.runs.registry import ensure_registry, latest_run, recent_runs
+from loader.runs.registry import RunStatus, ensure_registry, kept_source, latest_run, recent_runs, run_history
 from loader.settings import LoaderSettings
 
 EXIT_USAGE = 2
+RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "completed", "failed", "needs_review", "rejected")
 
 
 class UsageError(Exception):
@@ -70,7 +82,7 @@ def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
         print(f"  {lf.file_name:<{width}}  {lf.rows:>10,}  {lf.sha256[:16]}  {state}")
     raw = v.contract.raw_dataset
     print(f"raw data: schema {raw} in {warehouse.display}")
-    me = shlex.quote(sys.argv[0]) if sys.argv[0].endswith("loader") else "loader"
+    me = _invoked_as()
     print("query it:")
     print(f"  {me} psql -c \"select f.file_name, r.* from {raw}.customers r join loader_registry.landed_files f"
           f" on f.file_id = r._file_id where f.partner_id = '{v.key.partner_id}' limit 5\"")
@@ -94,26 +106,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         with contextlib.closing(warehouse.connect()) as conn:
             body = reports.report(conn, settings.home_dir / "dbt" / "target", outcome.verification.key)
         if body is not None:
-            print("ledger:")
-            print(reports.ledger_table(body["entities"]))
+            _print_ledger(body)
     return outcome.exit_code
+
+
+def _print_ledger(body: dict[str, Any]) -> None:
+    if "no_ledger" in body:
+        print(f"no ledger: {body['no_ledger']}")
+        return
+    print("ledger:")
+    print(reports.ledger_table(body["entities"]))
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     key = LoadKey.parse(args.load)
     settings = _settings()
     warehouse = _warehouse(settings)
-    with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
-        cur.execute(
-            "select source_path from loader_registry.runs where partner_id = %s and shop_id = %s and load_id = %s"
-            " and source_path is not null order by run_id desc limit 1",
-            (key.partner_id, key.shop_id, key.load_id),
-        )
-        row = cur.fetchone()
-    if row is None:
+    with contextlib.closing(warehouse.connect()) as conn:
+        source = kept_source(conn, key)
+    if source is None:
         print(f"unknown load {key}", file=sys.stderr)
         return 1
-    folder = Path(row[0])
+    folder = Path(source)
     if not folder.is_dir():
         print(f"the kept files of {key} are gone: {folder} does not exist", file=sys.stderr)
         return 1
@@ -135,7 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     print(f"load {body['load']} ({body['contract']}): {body['status']}")
     print(f"started {body['started_at']}, completed {body['completed_at'] or '-'}")
-    print(reports.ledger_table(body["entities"]))
+    _print_ledger(body)
     return 0
 
 
@@ -158,12 +172,12 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     warehouse = _warehouse(_settings())
     with contextlib.closing(warehouse.connect()) as conn:
-        runs = recent_runs(conn, args.limit)
+        runs = recent_runs(conn, args.limit, args.status)
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
         return 0
     if not runs:
-        print("no runs yet")
+        print("no runs yet" if args.status is None else f"no {args.status} runs")
         return 0
     print(f"{'run':>5}  {'status':<12}  {'started (UTC)':<19}  {'errors':>6}  {'warnings':>8}  load")
     for r in runs:
@@ -196,9 +210,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote a sample shop export to {result.folder}")
     args.path = str(result.folder)
     code = cmd_run(args)
-    print("next: `loader status`, `loader report LOAD`, `loader exceptions LOAD`;"
-          " the dashboard: .venv/bin/streamlit run dashboard/app.py")
+    me = _invoked_as()
+    load = shlex.quote(str(LoadKey.from_folder(result.folder)))
+    print("next:")
+    print(f"  {me} status                     recent runs")
+    print(f"  {me} report {load}    this load's ledger")
+    print(f"  {me} exceptions {load}    its exception rows, as CSV for the partner")
+    print("  the dashboard: .venv/bin/streamlit run dashboard/app.py")
+    if embedded_running(settings.home_dir):
+        print(f"the embedded PostgreSQL keeps running in {settings.home_dir / 'pg'} for the next command;"
+              f" stop it with `{me} server stop`")
     return 0 if code in (0, 3) else code
+
+
+def _invoked_as() -> str:
+    """How the person typed this command, so that hints can be pasted as they are."""
+    if os.environ.get("LOADER_INVOKED_AS"):
+        return os.environ["LOADER_INVOKED_AS"]
+    argv0 = sys.argv[0]
+    if Path(argv0).name == "loader" and shutil.which("loader") != str(Path(argv0).resolve()):
+        return shlex.quote(argv0)
+    return "loader"
 
 
 def cmd_dbt_vars(args: argparse.Namespace) -> int:
@@ -220,10 +252,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     warehouse = _warehouse(_settings())
     with contextlib.closing(warehouse.connect()) as conn:
         run = latest_run(conn, key)
+        history = run_history(conn, run.run_id) if run is not None else []
     if run is None:
         print(f"unknown load {key}", file=sys.stderr)
         return 1
-    print(json.dumps(run.model_dump(mode="json"), indent=2))
+    if args.json:
+        body = {**run.model_dump(mode="json"), "history": [h.model_dump(mode="json") for h in history]}
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"load {run.load} (run {run.run_id}, {run.contract}): {run.status}")
+    if run.message:
+        print(run.message)
+    print(f"started by {run.triggered_by}; {run.error_count} error(s), {run.warning_count} warning(s)")
+    print("history:")
+    for h in history:
+        print(f"  {h.at.strftime('%Y-%m-%d %H:%M:%S')}  {h.status:<12}  {h.message or ''}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    settings = _settings()
+    home = settings.home_dir
+    if settings.database_url:
+        print(f"LOADER_DATABASE_URL is set: the loader uses that server, not an embedded one in {home / 'pg'}")
+        return 0
+    if args.action == "status":
+        state = "running" if embedded_running(home) else "not running"
+        print(f"embedded PostgreSQL in {home / 'pg'}: {state}")
+        return 0
+    if args.action == "start":
+        print(f"{_warehouse(settings).display} is running")
+        return 0
+    print(f"stopped the embedded PostgreSQL in {home / 'pg'}" if stop_embedded(home)
+          else f"no embedded PostgreSQL is running in {home / 'pg'}")
     return 0
 
 
@@ -252,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="recent runs with their status")
     status.add_argument("--json", action="store_true")
-    status.add_argument("--limit", type=int, default=20)
+    status.add_argument("--limit", type=_positive_int, default=20)
+    status.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
     status.set_defaults(func=cmd_status)
 
     report = sub.add_parser("report", help="the load's ledger")
@@ -270,9 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     dbt_vars.add_argument("load", help="partner_id/shop_id/load_id")
     dbt_vars.set_defaults(func=cmd_dbt_vars)
 
-    show = sub.add_parser("show", help="the latest run of one load, as JSON")
+    show = sub.add_parser("show", help="the latest run of one load with its status history")
     show.add_argument("load", help="partner_id/shop_id/load_id")
+    show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
+
+    server = sub.add_parser("server", help="the embedded PostgreSQL: status, start or stop")
+    server.add_argument("action", choices=("status", "start", "stop"))
+    server.set_defaults(func=cmd_server)
 
     psql = sub.add_parser("psql", help="open psql on the warehouse (arguments go to psql)")
     psql.set_defaults(func=cmd_psql)
@@ -280,6 +347,56 @@ def build_parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help='print the database environment: eval "$(loader env)"')
     env.set_defaults(func=cmd_env)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+class _PipeSafeStdout(io.TextIOBase):
+    """stdout that stops writing, quietly, once its reader has gone (`loader rerun LOAD | head -1`).
+
+    The run itself has finished by then; its exit code is what matters, not
+    a BrokenPipeError traceback for lines nobody reads.
+    """
+
+    def __init__(self, inner: TextIO) -> None:
+        self._inner = inner
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                self._inner.write(text)
+            except BrokenPipeError:
+                self._gone_now()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._inner.flush()
+            except BrokenPipeError:
+                self._gone_now()
+
+    def _gone_now(self) -> None:
+        self._gone = True
+        # Python flushes stdout once more at exit: point the descriptor at nothing so that flush succeeds.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._inner.fileno())
+        os.close(devnull)
+
+    def isatty(self) -> bool:
+        return self._inner.isatty()
+
+    def fileno(self) -> int:
+        return self._inner.fileno()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,11 +408,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper):
+        sys.stdout = _PipeSafeStdout(stdout)
     try:
         return int(args.func(args))
-    except (UsageError, LoadKeyError, PartnerSettingsError) as exc:
+    except (UsageError, LoadKeyError, PartnerSettingsError, WarehouseUrlError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except WarehouseUnavailable as exc:
+        print(f"loader: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"loader: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

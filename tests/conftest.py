@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.database import Warehouse, parse_url, start_embedded
+from loader.database import Warehouse, start_embedded, warehouse_from_url
 
 
 @pytest.fixture(scope="session")
@@ -24,13 +24,14 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
     if not url:
         yield start_embedded(tmp_path_factory.mktemp("pg-home"), keep_running=False)
         return
-    server = parse_url(url)
+    server = warehouse_from_url(url)
     name = f"loader_test_{uuid.uuid4().hex[:12]}"
     admin = server.connect()
     admin.autocommit = True
     with contextlib.closing(admin), admin.cursor() as cur:
         cur.execute(f"create database {name}")
-    yield Warehouse(server.host, server.port, server.user, server.password or "x", name, embedded=False)
+    yield Warehouse(server.host, server.port, server.user, server.password, name, embedded=False,
+                    options=server.options)
     admin = server.connect()
     admin.autocommit = True
     with contextlib.closing(admin), admin.cursor() as cur:
