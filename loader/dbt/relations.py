@@ -9,6 +9,8 @@ from pathlib import Path
 import psycopg2.extensions
 from psycopg2 import sql
 
+from loader.database import one_row
+
 
 class MissingRelation(LookupError):
     """dbt has not built the model here (no manifest, or no such model in it)."""
@@ -39,4 +41,4 @@ def built_relation(cur: psycopg2.extensions.cursor, target_dir: Path, model: str
     except (OSError, MissingRelation):
         return None
     cur.execute("select to_regclass(%s) is not null", (f'"{relation.schema}"."{relation.name}"',))
-    return relation if cur.fetchone()[0] else None
+    return relation if one_row(cur)[0] else None

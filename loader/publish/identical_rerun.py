@@ -69,7 +69,7 @@ def carry_over(
     conn: psycopg2.extensions.connection, target_dir: Path, previous: int, run_id: int, key: LoadKey
 ) -> None:
     """Copy the previous run's ledger and exceptions to this run; every valid row is unchanged now."""
-    replacements = {
+    replacements: dict[str, sql.Composable] = {
         "run_id": sql.Literal(run_id),
         "load_id": sql.Literal(key.load_id),
         "inserted": sql.Literal(0),
@@ -83,7 +83,7 @@ def carry_over(
             raise PublishError(f"cannot carry the previous run over: dbt's audit tables are not in {target_dir}")
         for relation in (ledger, exceptions):
             columns = _columns(cur, relation.schema, relation.name)
-            values = [replacements.get(c, sql.Identifier(c)) for c in columns]
+            values: list[sql.Composable] = [replacements.get(c, sql.Identifier(c)) for c in columns]
             cur.execute(
                 sql.SQL("insert into {rel} ({cols}) select {values} from {rel} where run_id = %s").format(
                     rel=relation.ident(),

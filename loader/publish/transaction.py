@@ -19,6 +19,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import Contract
+from loader.database import one_row
 from loader.dbt.relations import MissingRelation, Relation, dbt_relation
 from loader.intake.load_key import LoadKey
 
@@ -52,7 +53,7 @@ def _hash_joins(cur: psycopg2.extensions.cursor) -> Iterator[None]:
     error the transaction, and this setting with it, is rolled back.
     """
     cur.execute("select current_setting('enable_nestloop')")
-    previous = cur.fetchone()[0]
+    previous = one_row(cur)[0]
     cur.execute("set local enable_nestloop = off")
     yield
     cur.execute("select set_config('enable_nestloop', %s, true)", (previous,))
@@ -102,7 +103,7 @@ def _publish_entity(
         sql.SQL("select count(*) filter (where _action = 'insert'), count(*) filter (where _action = 'update')"
                 " from {plan}").format(**fmt),
     )
-    planned = cur.fetchone()
+    planned = one_row(cur)
     if (inserted, updated) != tuple(planned):
         raise PublishError(
             f"{entity}: the plan said {planned[0]} inserts and {planned[1]} updates, publishing did "
@@ -343,7 +344,7 @@ def _check_references(
         }
         if lock_parents:
             # Parents this publish inserts are invisible to everyone else until it commits.
-            new_parents = sql.SQL("")
+            new_parents: sql.Composable = sql.SQL("")
             if fk.parent in plans:
                 new_parents = sql.SQL(
                     "and not exists (select from {parent_plan} as pp where pp.{parent_column} = p.{column}"
@@ -370,7 +371,7 @@ def _check_references(
                     where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} = p.{column}
                 )
             """).format(**fmt), shop)
-        missing, first_row = cur.fetchone()
+        missing, first_row = one_row(cur)
         if missing:
             raise PublishError(
                 f"{fk.table}.{fk.column}: {missing} published rows (the first at row {first_row} of the file)"

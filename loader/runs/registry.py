@@ -12,7 +12,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 from pydantic import BaseModel
 
-from loader.database import Warehouse
+from loader.database import Warehouse, one_row
 from loader.dbt.relations import built_relation
 from loader.intake.load_key import LoadKey
 from loader.intake.manifest import Problem
@@ -79,7 +79,7 @@ def start_run(
             " source_path) values (%s, %s, %s, %s, 'running', %s, %s) returning run_id",
             (partner, shop, load, contract, storable(triggered_by), storable(source_path)),
         )
-        run_id = cur.fetchone()[0]
+        run_id = int(one_row(cur)[0])
         cur.execute(
             "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, 'running', %s)",
             (run_id, storable(f"started by {triggered_by}")),
@@ -223,7 +223,7 @@ def exception_counts(conn: psycopg2.extensions.connection, target_dir: Path, run
                     " from {} where run_id = %s").format(relation.ident()),
             (run_id,),
         )
-        errors, warnings = cur.fetchone()
+        errors, warnings = one_row(cur)
     return int(errors), int(warnings)
 
 
@@ -251,7 +251,7 @@ def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey, wait: bool = T
             got = True
         else:
             cur.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,))
-            got = bool(cur.fetchone()[0])
+            got = bool(one_row(cur)[0])
     conn.commit()
     try:
         yield got
