@@ -6,11 +6,11 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import psycopg2.extensions
 from psycopg2 import sql
-from pydantic import BaseModel
+from pydantic import BaseModel, PlainSerializer
 
 from loader.database import Warehouse, one_row
 from loader.dbt.relations import built_relation
@@ -18,6 +18,12 @@ from loader.intake.load_key import LoadKey
 from loader.intake.manifest import Problem
 
 REGISTRY_SQL = Path(__file__).parent / "registry.sql"
+
+# Times in JSON are UTC ("Z"), whatever time zone the server's sessions use.
+UtcTime = Annotated[
+    dt.datetime,
+    PlainSerializer(lambda at: at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"), when_used="json"),
+]
 
 RunStatus = Literal["queued", "running", "completed", "failed", "needs_review", "rejected"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "rejected"})
@@ -29,8 +35,8 @@ class RunRecord(BaseModel):
     contract: str
     status: RunStatus
     triggered_by: str
-    started_at: dt.datetime
-    completed_at: dt.datetime | None
+    started_at: UtcTime
+    completed_at: UtcTime | None
     error_count: int
     warning_count: int
     message: str | None
@@ -163,7 +169,7 @@ def recent_runs(
 
 class HistoryEntry(BaseModel):
     status: RunStatus
-    at: dt.datetime
+    at: UtcTime
     message: str | None
 
 
