@@ -10,9 +10,12 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from pydantic import ValidationError
@@ -399,6 +402,11 @@ class _PipeSafeStdout(io.TextIOBase):
         return self._inner.fileno()
 
 
+def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Unwinds like Ctrl-C, so that a run being stopped is recorded as such rather than left `running`.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -408,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stdout = sys.stdout
     if isinstance(stdout, io.TextIOWrapper):
         sys.stdout = _PipeSafeStdout(stdout)

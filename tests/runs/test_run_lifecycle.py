@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psycopg2.errors
 import pytest
 from helpers import make_load, query
 
@@ -54,3 +60,30 @@ def test_problem_text_is_stored_whatever_it_quotes(db: Warehouse, text: str) -> 
             " join loader_registry.runs r using (run_id)")
     assert message == file_name == detail
     assert "\x00" not in message and text.split(" ")[-1] in message
+
+
+def test_a_run_stopped_with_sigterm_is_recorded_failed(db: Warehouse, tmp_path: Path) -> None:
+    from loader.samples.sms_v1 import ExportSpec, write_export
+
+    export = write_export(tmp_path / "imports", ExportSpec(customers=3000, seed=5))
+    loader = Path(sys.executable).parent / "loader"
+    proc = subprocess.Popen([str(loader), "run", str(export.folder)], env={**os.environ},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _running(db):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        proc.kill()
+    [(status, finished)] = query(db, "select status, completed_at is not null from loader_registry.runs")
+    assert (status, finished) == ("failed", True)
+
+
+def _running(db: Warehouse) -> bool:
+    try:
+        return query(db, "select count(*) from loader_registry.runs where status = 'running'") == [(1,)]
+    except psycopg2.errors.UndefinedTable:
+        return False
