@@ -21,6 +21,54 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The staging models cast integers to bigint and production stores them as bigint: no bound may lie outside it.
+BIGINT_RANGE = (-(2**63), 2**63 - 1)
+# PostgreSQL's numeric(p, s) allows a precision of at most 1000.
+MAX_NUMERIC_PRECISION = 1000
+
+
+class IdBounds(_Strict):
+    max_length: int = Field(ge=1)
+
+
+class IntBounds(_Strict):
+    lowest: int = Field(ge=BIGINT_RANGE[0], le=0)
+    highest: int = Field(ge=0, le=BIGINT_RANGE[1])
+
+
+class NumberBounds(_Strict):
+    """Digits before the decimal point (leading zeros not counted) and after it (as written)."""
+
+    integer_digits: int = Field(ge=1)
+    scale: int = Field(ge=0)
+
+    @property
+    def precision(self) -> int:
+        return self.integer_digits + self.scale
+
+    @model_validator(mode="after")
+    def _fits_numeric(self) -> NumberBounds:
+        if self.precision > MAX_NUMERIC_PRECISION:
+            raise ValueError(f"integer_digits + scale must be at most {MAX_NUMERIC_PRECISION} (numeric's precision)")
+        return self
+
+
+class TypeBounds(_Strict):
+    """What the bounded column types hold; the staging rules and the production DDL follow them."""
+
+    id: IdBounds
+    int: IntBounds
+    decimal: NumberBounds
+    money: NumberBounds
+
+    def of(self, column_type: str) -> dict[str, object]:
+        """The bounds of a column type as the contract macro states them per column (none for unbounded types)."""
+        if column_type not in type(self).model_fields:
+            return {}
+        bounds: BaseModel = getattr(self, column_type)
+        return bounds.model_dump()
+
+
 class Column(_Strict):
     name: str = Field(pattern=IDENTIFIER.pattern)
     type: ColumnType
@@ -94,6 +142,7 @@ class Contract(_Strict):
     title: str
     raw_dataset: str = Field(pattern=IDENTIFIER.pattern)
     production_schema: str = Field(pattern=IDENTIFIER.pattern)
+    types: TypeBounds
     entities: tuple[Entity, ...]
 
     @property

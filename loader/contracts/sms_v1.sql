@@ -1,6 +1,8 @@
 -- Production-facing tables of contract sms_v1, keyed by the crosswalk's internal
 -- UUID, relationships as internal UUIDs. Written only by the publish step, in one
 -- transaction per load. Applied on every start; every statement is idempotent.
+-- Number columns hold exactly what the contract's types (`types` in sms_v1.yaml)
+-- let through staging: int bigint, decimal numeric(24, 6), money numeric(14, 2).
 create schema if not exists prod_sms;
 
 -- (partner, shop, entity, external id) -> deterministic internal id. Keyed by
@@ -106,7 +108,7 @@ create table if not exists prod_sms.line_items (
     line_type text not null,
     description text,
     part_number text,
-    quantity numeric,
+    quantity numeric(24, 6),
     unit_price numeric(14, 2),
     line_total numeric(14, 2),
     created_at timestamptz not null,
@@ -145,7 +147,7 @@ create table if not exists prod_sms.inventory_parts (
     load_id text not null,
     part_number text not null,
     description text,
-    quantity_on_hand numeric,
+    quantity_on_hand numeric(24, 6),
     cost numeric(14, 2),
     price numeric(14, 2),
     created_at timestamptz not null,

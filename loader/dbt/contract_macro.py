@@ -6,7 +6,7 @@ import textwrap
 from typing import get_args
 
 from loader.contracts import Column, Contract, Entity
-from loader.contracts.model import ColumnType
+from loader.contracts.model import ColumnType, TypeBounds
 
 INDENT = "    "
 
@@ -18,7 +18,7 @@ def render_contract_macro(contract: Contract) -> str:
         f"{INDENT}{{% do return({{",
     ]
     for entity in contract.entities:
-        lines += _entity_lines(entity)
+        lines += _entity_lines(entity, contract.types)
     lines += [f"{INDENT}}}) %}}", "{%- endmacro -%}"]
     return "\n".join(lines) + "\n"
 
@@ -29,6 +29,8 @@ def _header(contract: Contract) -> list[str]:
         " place in the dbt project that names them. Keys per column: type"
         f" ({', '.join(get_args(ColumnType))}), required, values (enum), default, min, max_years_ahead (upper bound"
         " relative to the current year, exclusive), nonzero, sum_of (the columns this total must add up to)."
+        " The bounds of the column's type: max_length (id), lowest and highest (int), integer_digits and scale"
+        " (decimal, money)."
         " Per entity, required_one_of: groups of columns of which at least one must be present, reported on"
         " report_field. Only `phone` typed columns get the short_phone warning; a phone number typed `text` in"
         " the contract is plain text."
@@ -49,10 +51,10 @@ def _wrapped(text: str) -> list[str]:
     return textwrap.wrap(text, width=80, initial_indent=INDENT, subsequent_indent=INDENT)
 
 
-def _entity_lines(entity: Entity) -> list[str]:
+def _entity_lines(entity: Entity, types: TypeBounds) -> list[str]:
     pad = INDENT * 2
     lines = [f"{pad}{_literal(entity.name)}: {{", f"{pad}{INDENT}'columns': ["]
-    lines += [f"{pad}{INDENT * 2}{_literal(_column_spec(c))}," for c in entity.columns]
+    lines += [f"{pad}{INDENT * 2}{_literal(_column_spec(c, types))}," for c in entity.columns]
     lines.append(f"{pad}{INDENT}],")
     # Most entities have no such group; the staging macros read a missing key as an empty list.
     if entity.required_one_of:
@@ -64,9 +66,10 @@ def _entity_lines(entity: Entity) -> list[str]:
     return lines
 
 
-def _column_spec(column: Column) -> dict[str, object]:
+def _column_spec(column: Column, types: TypeBounds) -> dict[str, object]:
     """Only the rules the column has: the rule macros read a missing key as no rule, and short lines read better."""
-    spec: dict[str, object] = {"name": column.name, "type": column.type}
+    # The bounds travel with each column, so that a rule macro needs nothing but the column's spec.
+    spec: dict[str, object] = {"name": column.name, "type": column.type, **types.of(column.type)}
     if column.values:
         spec["values"] = column.values
     if column.default is not None:

@@ -60,7 +60,9 @@ def test_contract_macro_returns_the_contract_columns_and_rules(name: str) -> Non
         columns = spec[entity.name]["columns"]
         assert [c["name"] for c in columns] == list(entity.column_names), entity.name
         for rendered, column in zip(columns, entity.columns, strict=True):
-            assert set(rendered) <= {"name", "type", *ABSENT_RULES}, (entity.name, column.name)
+            bounds = contract.types.of(column.type)
+            assert set(rendered) <= {"name", "type", *ABSENT_RULES, *bounds}, (entity.name, column.name)
+            assert {key: rendered[key] for key in bounds} == bounds, (entity.name, column.name)
             expected = {"type": column.type, "required": column.required, "values": list(column.values),
                         "default": column.default, "min": column.min, "max_years_ahead": column.max_years_ahead,
                         "nonzero": column.nonzero, "sum_of": list(column.sum_of)}
@@ -76,6 +78,7 @@ def test_contract_macro_keeps_awkward_strings_intact() -> None:
     column = {"description": "-"}
     contract = Contract.model_validate({
         "name": "awkward", "title": "-", "raw_dataset": "raw_awkward", "production_schema": "prod_awkward",
+        "types": load_contract("sms_v1").types.model_dump(),
         "entities": [{"name": "things", "file": "things.csv", "key": "id", "description": "-", "columns": [
             {**column, "name": "id", "type": "id", "required": True},
             {**column, "name": "kind", "type": "enum", "values": awkward, "default": awkward[0]},
@@ -110,6 +113,24 @@ def test_contract_yaml_matches_the_partner_facing_document() -> None:
         required = [m.group(1) for m in re.finditer(r"^\| (?!column \|)(\w+) \| [^|]+ \| R \|", section, re.MULTILINE)]
         assert sorted(names) == sorted(entity.column_names), entity.name
         assert sorted(required) == sorted(c.name for c in entity.columns if c.required), entity.name
+
+
+@pytest.mark.skipif(not SHARED_CONTRACT.exists(), reason="shared/contracts is not beside this checkout")
+def test_type_bounds_are_the_partner_facing_documents() -> None:
+    text = " ".join(SHARED_CONTRACT.read_text(encoding="utf-8").split())
+    types = load_contract("sms_v1").types
+    bits = types.int.highest.bit_length() + 1
+    assert (types.int.lowest, types.int.highest) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    for stated in (
+        f"`id` = text 1-{types.id.max_length} chars",
+        f"`int` (a {bits}-bit integer; outside it is `range`)",
+        f"`decimal` (at most {types.decimal.integer_digits} digits before the point, more is `range`;"
+        f" more than {types.decimal.scale} after is `format`)",
+        f"`money` (fits numeric({types.money.precision},{types.money.scale}): at most"
+        f" {types.money.integer_digits} digits before the point, more is `range`;"
+        f" more than {types.money.scale} after is `format`)",
+    ):
+        assert stated in text
 
 
 def test_dbt_debug_connects_to_the_loader_database(db: Warehouse, tmp_path: Path, monkeypatch, capsys) -> None:

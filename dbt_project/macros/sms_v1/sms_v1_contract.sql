@@ -6,16 +6,18 @@
     type (id, text, int, decimal, money, date, datetime, email, phone, vin,
     enum), required, values (enum), default, min, max_years_ahead (upper bound
     relative to the current year, exclusive), nonzero, sum_of (the columns this
-    total must add up to). Per entity, required_one_of: groups of columns of
-    which at least one must be present, reported on report_field. Only `phone`
-    typed columns get the short_phone warning; a phone number typed `text` in
-    the contract is plain text.
+    total must add up to). The bounds of the column's type: max_length (id),
+    lowest and highest (int), integer_digits and scale (decimal, money). Per
+    entity, required_one_of: groups of columns of which at least one must be
+    present, reported on report_field. Only `phone` typed columns get the
+    short_phone warning; a phone number typed `text` in the contract is plain
+    text.
 -#}
 {%- macro sms_v1_contract() -%}
     {% do return({
         'customers': {
             'columns': [
-                {'name': 'external_customer_id', 'type': 'id', 'required': true},
+                {'name': 'external_customer_id', 'type': 'id', 'max_length': 64, 'required': true},
                 {'name': 'first_name', 'type': 'text'},
                 {'name': 'last_name', 'type': 'text'},
                 {'name': 'company_name', 'type': 'text'},
@@ -34,70 +36,70 @@
         },
         'vehicles': {
             'columns': [
-                {'name': 'external_vehicle_id', 'type': 'id', 'required': true},
-                {'name': 'external_customer_id', 'type': 'id', 'required': true},
+                {'name': 'external_vehicle_id', 'type': 'id', 'max_length': 64, 'required': true},
+                {'name': 'external_customer_id', 'type': 'id', 'max_length': 64, 'required': true},
                 {'name': 'vin', 'type': 'vin'},
-                {'name': 'year', 'type': 'int', 'min': 1886, 'max_years_ahead': 2},
+                {'name': 'year', 'type': 'int', 'lowest': -9223372036854775808, 'highest': 9223372036854775807, 'min': 1886, 'max_years_ahead': 2},
                 {'name': 'make', 'type': 'text'},
                 {'name': 'model', 'type': 'text'},
                 {'name': 'trim', 'type': 'text'},
                 {'name': 'color', 'type': 'text'},
                 {'name': 'license_plate', 'type': 'text'},
                 {'name': 'license_state', 'type': 'text'},
-                {'name': 'odometer', 'type': 'int', 'min': 0},
+                {'name': 'odometer', 'type': 'int', 'lowest': -9223372036854775808, 'highest': 9223372036854775807, 'min': 0},
             ],
         },
         'invoices': {
             'columns': [
-                {'name': 'external_invoice_id', 'type': 'id', 'required': true},
-                {'name': 'external_customer_id', 'type': 'id', 'required': true},
-                {'name': 'external_vehicle_id', 'type': 'id'},
+                {'name': 'external_invoice_id', 'type': 'id', 'max_length': 64, 'required': true},
+                {'name': 'external_customer_id', 'type': 'id', 'max_length': 64, 'required': true},
+                {'name': 'external_vehicle_id', 'type': 'id', 'max_length': 64},
                 {'name': 'invoice_number', 'type': 'text', 'required': true},
                 {'name': 'document_type', 'type': 'enum', 'values': ['estimate', 'repair_order', 'invoice'], 'default': 'invoice'},
                 {'name': 'status', 'type': 'enum', 'values': ['open', 'closed', 'void'], 'required': true},
                 {'name': 'invoice_date', 'type': 'date', 'required': true},
-                {'name': 'subtotal', 'type': 'money'},
-                {'name': 'tax_total', 'type': 'money'},
-                {'name': 'total', 'type': 'money', 'sum_of': ['subtotal', 'tax_total']},
-                {'name': 'odometer_in', 'type': 'int', 'min': 0},
+                {'name': 'subtotal', 'type': 'money', 'integer_digits': 12, 'scale': 2},
+                {'name': 'tax_total', 'type': 'money', 'integer_digits': 12, 'scale': 2},
+                {'name': 'total', 'type': 'money', 'integer_digits': 12, 'scale': 2, 'sum_of': ['subtotal', 'tax_total']},
+                {'name': 'odometer_in', 'type': 'int', 'lowest': -9223372036854775808, 'highest': 9223372036854775807, 'min': 0},
             ],
         },
         'line_items': {
             'columns': [
-                {'name': 'external_dataline_id', 'type': 'id', 'required': true},
-                {'name': 'external_invoice_id', 'type': 'id', 'required': true},
-                {'name': 'external_parent_dataline_id', 'type': 'id'},
+                {'name': 'external_dataline_id', 'type': 'id', 'max_length': 64, 'required': true},
+                {'name': 'external_invoice_id', 'type': 'id', 'max_length': 64, 'required': true},
+                {'name': 'external_parent_dataline_id', 'type': 'id', 'max_length': 64},
                 {'name': 'line_type', 'type': 'enum', 'values': ['labor', 'part', 'fee', 'sublet', 'comment'], 'required': true},
                 {'name': 'description', 'type': 'text'},
                 {'name': 'part_number', 'type': 'text'},
-                {'name': 'quantity', 'type': 'decimal'},
-                {'name': 'unit_price', 'type': 'money'},
-                {'name': 'line_total', 'type': 'money'},
+                {'name': 'quantity', 'type': 'decimal', 'integer_digits': 18, 'scale': 6},
+                {'name': 'unit_price', 'type': 'money', 'integer_digits': 12, 'scale': 2},
+                {'name': 'line_total', 'type': 'money', 'integer_digits': 12, 'scale': 2},
             ],
         },
         'payments': {
             'columns': [
-                {'name': 'external_payment_id', 'type': 'id', 'required': true},
-                {'name': 'external_invoice_id', 'type': 'id', 'required': true},
+                {'name': 'external_payment_id', 'type': 'id', 'max_length': 64, 'required': true},
+                {'name': 'external_invoice_id', 'type': 'id', 'max_length': 64, 'required': true},
                 {'name': 'payment_date', 'type': 'date', 'required': true},
-                {'name': 'amount', 'type': 'money', 'required': true, 'nonzero': true},
+                {'name': 'amount', 'type': 'money', 'integer_digits': 12, 'scale': 2, 'required': true, 'nonzero': true},
                 {'name': 'method', 'type': 'enum', 'values': ['cash', 'check', 'card', 'ach', 'other'], 'required': true},
                 {'name': 'reference', 'type': 'text'},
             ],
         },
         'inventory_parts': {
             'columns': [
-                {'name': 'external_part_id', 'type': 'id', 'required': true},
+                {'name': 'external_part_id', 'type': 'id', 'max_length': 64, 'required': true},
                 {'name': 'part_number', 'type': 'text', 'required': true},
                 {'name': 'description', 'type': 'text'},
-                {'name': 'quantity_on_hand', 'type': 'decimal'},
-                {'name': 'cost', 'type': 'money'},
-                {'name': 'price', 'type': 'money'},
+                {'name': 'quantity_on_hand', 'type': 'decimal', 'integer_digits': 18, 'scale': 6},
+                {'name': 'cost', 'type': 'money', 'integer_digits': 12, 'scale': 2},
+                {'name': 'price', 'type': 'money', 'integer_digits': 12, 'scale': 2},
             ],
         },
         'suppliers': {
             'columns': [
-                {'name': 'external_supplier_id', 'type': 'id', 'required': true},
+                {'name': 'external_supplier_id', 'type': 'id', 'max_length': 64, 'required': true},
                 {'name': 'name', 'type': 'text', 'required': true},
                 {'name': 'phone', 'type': 'text'},
                 {'name': 'email', 'type': 'email'},

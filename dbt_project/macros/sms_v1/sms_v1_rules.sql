@@ -61,16 +61,19 @@
 
 {%- macro sms_rule_format(column) -%}
     {% set value = '"' ~ column.name ~ '"' %}
-    {% if column.type == 'email' %}
+    {% if column.type == 'id' %}
+        {% set valid = 'length(' ~ value ~ ') <= ' ~ column.max_length %}
+        {% set expected = 'is longer than ' ~ column.max_length ~ ' characters' %}
+    {% elif column.type == 'email' %}
         {% set valid = sms_is_email(value) %}
         {% set expected = 'is not a valid email address' %}
     {% elif column.type == 'vin' %}
         {% set valid = sms_is_vin(value) %}
         {% set expected = 'is not 17 characters of A-H, J-N, P, R-Z, 0-9' %}
-    {% elif column.type == 'money' %}
+    {% elif column.type in ('decimal', 'money') %}
         {# Only a value that parses as a decimal can have too many decimals; others are type errors. #}
-        {% set valid = '(not ' ~ sms_is_decimal(value) ~ ' or ' ~ sms_has_money_scale(value) ~ ')' %}
-        {% set expected = 'has more than 2 decimal places' %}
+        {% set valid = '(not ' ~ sms_is_decimal(value) ~ ' or ' ~ sms_has_scale(value, column.scale) ~ ')' %}
+        {% set expected = 'has more than ' ~ column.scale ~ ' decimal places' %}
     {% else %}
         {% do return(none) %}
     {% endif %}
@@ -83,19 +86,34 @@
 
 {#-
     Bounds apply to values that parse; others already have a type error.
-    max_years_ahead is exclusive: 2 allows up to next calendar year + 1.
+    Numbers have their type's bounds (see sms_v1_contract()) besides the
+    column's own: the typed value is NULL outside them, so they are checked
+    on the text. max_years_ahead is exclusive: 2 allows up to next calendar
+    year + 1.
 -#}
 {%- macro sms_rule_range(column) -%}
+    {% set value = '"' ~ column.name ~ '"' %}
     {% set typed = sms_typed_value(column) %}
     {% set bounds = [] %}
     {% set limits = [] %}
+    {% set digits = [] %}
+    {% if column.type == 'int' %}
+        {% do bounds.append(sms_int_out_of_bounds(value, column)) %}
+    {% elif column.type in ('decimal', 'money') %}
+        {% do bounds.append(sms_number_out_of_bounds(value, column)) %}
+        {% do digits.append('have at most ' ~ column.integer_digits ~ ' digits before the decimal point') %}
+    {% endif %}
     {% if column.get('min') is not none %}
         {% do bounds.append(typed ~ ' < ' ~ column.min) %}
-        {% do limits.append('at least ' ~ column.min) %}
+    {% endif %}
+    {% if column.type == 'int' or column.get('min') is not none %}
+        {% do limits.append('at least ' ~ ([column.get('min'), column.get('lowest')] | reject('none') | max)) %}
     {% endif %}
     {% if column.get('max_years_ahead') is not none %}
         {% do bounds.append(typed ~ ' >= extract(year from current_date) + ' ~ column.max_years_ahead) %}
         {% do limits.append('below the current year + ' ~ column.max_years_ahead) %}
+    {% elif column.type == 'int' %}
+        {% do limits.append('at most ' ~ column.highest) %}
     {% endif %}
     {% if column.nonzero %}
         {% do bounds.append(typed ~ ' = 0') %}
@@ -104,10 +122,11 @@
     {% if not bounds %}
         {% do return(none) %}
     {% endif %}
+    {% set musts = (['be ' ~ limits | join(' and ')] if limits else []) + digits %}
     {% do return({
         'rule': 'range', 'severity': 'error',
         'violated': 'coalesce(' ~ bounds | join(' or ') ~ ', false)',
-        'message': "'" ~ column.name ~ " must be " ~ limits | join(' and ') ~ "'",
+        'message': "'" ~ column.name ~ " must " ~ musts | join(' and ') ~ "'",
     }) %}
 {%- endmacro -%}
 
@@ -117,7 +136,7 @@
     {% endif %}
     {% do return({
         'rule': 'enum', 'severity': 'error',
-        'violated': 'lower("' ~ column.name ~ '") not in (' ~ sms_sql_list(column['values']) ~ ')',
+        'violated': sms_ascii_lower('"' ~ column.name ~ '"') ~ ' not in (' ~ sms_sql_list(column['values']) ~ ')',
         'message': "'" ~ column.name ~ " is not one of " ~ column['values'] | join(', ') ~ "'",
     }) %}
 {%- endmacro -%}

@@ -40,29 +40,38 @@
     from {{ relation }}
 {%- endmacro -%}
 
-{#- The stored value of a cleaned column: normalised, typed, NULL when it does not parse. #}
+{#-
+    The stored value of a cleaned column: normalised, typed, NULL when it does
+    not parse or lies outside its type's bounds, so that no cast can fail.
+-#}
 {%- macro sms_typed_value(column) -%}
     {%- set value = '"' ~ column.name ~ '"' -%}
     {%- if column.type == 'int' -%}
-        case when {{ sms_is_int(value) }} then ({{ value }})::bigint end
-    {%- elif column.type == 'decimal' -%}
-        case when {{ sms_is_decimal(value) }} then ({{ value }})::numeric end
-    {%- elif column.type == 'money' -%}
-        {#- round() gives every amount a scale of 2 (10.5 is stored 10.50) without a precision to overflow. #}
-        case when {{ sms_is_money(value) }} then round(({{ value }})::numeric, 2) end
+        case
+            when {{ sms_is_int(value) }} and not coalesce({{ sms_int_out_of_bounds(value, column) }}, false)
+                then ({{ value }})::bigint
+        end
+    {%- elif column.type in ('decimal', 'money') -%}
+        {#- The production column's type: every amount gets its scale (10.5 is stored 10.50). #}
+        case
+            when
+                {{ sms_is_number_with_scale(value, column.scale) }}
+                and not coalesce({{ sms_number_out_of_bounds(value, column) }}, false)
+                then ({{ value }})::{{ sms_numeric_type(column) }}
+        end
     {%- elif column.type == 'date' -%}
         {{ sms_to_date(value) }}
     {%- elif column.type == 'datetime' -%}
         {{ sms_to_datetime(value) }}
     {%- elif column.type == 'email' -%}
-        lower({{ value }})
+        {{ sms_ascii_lower(value) }}
     {%- elif column.type == 'vin' -%}
         upper({{ value }})
     {%- elif column.type == 'phone' -%}
         {{ sms_phone_digits(value) }}
     {%- elif column.type == 'enum' -%}
         case
-            when lower({{ value }}) in ({{ sms_sql_list(column['values']) }}) then lower({{ value }})
+            when {{ sms_ascii_lower(value) }} in ({{ sms_sql_list(column['values']) }}) then {{ sms_ascii_lower(value) }}
             {%- if column.default %}
             when {{ value }} is null then {{ sms_sql_string(column.default) }}
             {%- endif %}
@@ -70,6 +79,11 @@
     {%- else -%}
         {{ value }}
     {%- endif -%}
+{%- endmacro -%}
+
+{#- numeric(p, s) of a decimal or money column: what its type's bounds let through. #}
+{%- macro sms_numeric_type(column) -%}
+    numeric({{ column.integer_digits + column.scale }}, {{ column.scale }})
 {%- endmacro -%}
 
 {%- macro sms_v1_typed_columns(entity) -%}
@@ -97,10 +111,11 @@
     {%- endfor %}
     {%- for column in spec.columns %}
         {%- for check in sms_v1_column_checks(column, spec) %}
-            {%- if column.type == 'money' and check.rule in ('type', 'format') %}
+            {%- if column.type in ('decimal', 'money') and check.rule in ('type', 'format') %}
                 {%- if check.rule == 'type' %}
-                    {#- One match tells a well-formed amount from a type or a format error. #}
-                    {%- do screens.append('"' ~ column.name ~ '" is not null and not ' ~ sms_is_money('"' ~ column.name ~ '"')) %}
+                    {#- One match tells a well-formed number from a type or a format error. #}
+                    {%- do screens.append('"' ~ column.name ~ '" is not null and not '
+                        ~ sms_is_number_with_scale('"' ~ column.name ~ '"', column.scale)) %}
                 {%- endif %}
             {%- else %}
                 {%- do screens.append(check.violated) %}

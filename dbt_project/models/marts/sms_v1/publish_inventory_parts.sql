@@ -3,7 +3,7 @@
 {{ sms_v1_publish_plan('inventory_parts', [
     ('part_number', 'text'),
     ('description', 'text'),
-    ('quantity_on_hand', 'numeric'),
+    ('quantity_on_hand', 'numeric(24, 6)'),
     ('cost', 'numeric(14, 2)'),
     ('price', 'numeric(14, 2)'),
 ]) }}

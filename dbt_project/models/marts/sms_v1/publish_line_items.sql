@@ -6,7 +6,7 @@
     ('line_type', 'text'),
     ('description', 'text'),
     ('part_number', 'text'),
-    ('quantity', 'numeric'),
+    ('quantity', 'numeric(24, 6)'),
     ('unit_price', 'numeric(14, 2)'),
     ('line_total', 'numeric(14, 2)'),
 ]) }}
