@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loader.contracts import Contract, Entity, load_contract
 from loader.formats.csv_reader import count_and_digest, file_sha256
-from loader.formats.header import CsvFileError, Header, read_header
+from loader.formats.header import CsvFileError, Header, UnknownColumn, read_header
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest_json import MAX_MANIFEST_BYTES, ManifestJsonError, parse_manifest_json
 from loader.intake.partners import PartnerSettings
@@ -208,6 +208,16 @@ def record_count_problems(vf: VerifiedFile, records: int) -> list[Problem]:
     return problems
 
 
+def _unknown_column_message(unknown: UnknownColumn) -> str:
+    if not unknown.name.strip():
+        what = f"column {unknown.position} has no name and"
+    elif unknown.label == unknown.name:
+        what = f"column {unknown.name!r}"
+    else:
+        what = f"column {unknown.name!r} (column {unknown.position})"
+    return f"{what} is not in the contract; its values are kept in the raw layer"
+
+
 def _check_file(
     entity: Entity, path: Path, entry: ManifestFile, settings: PartnerSettings, count_records: bool
 ) -> tuple[VerifiedFile | None, list[Problem], list[Problem]]:
@@ -217,7 +227,7 @@ def _check_file(
     try:
         header = read_header(path, settings.encoding, entity)
         if count_records:
-            digest = count_and_digest(path, header)
+            digest = count_and_digest(path, header, settings.encoding)
             sha256, records = digest.sha256, digest.records
         else:
             sha256, records = file_sha256(path), None
@@ -236,10 +246,9 @@ def _check_file(
         for col in header.missing_required:
             findings.append(Problem("required", f"required column {col!r} is missing; every row of the file "
                                     "is rejected", file=name, field=col, entity=entity.name))
-        for original, column in header.unknown:
-            findings.append(Problem("unknown_column", f"column {original!r} is not in contract; kept in the raw "
-                                    f"layer as {column}", file=name, field=original, severity="warning",
-                                    entity=entity.name))
+        for unknown in header.unknown:
+            findings.append(Problem("unknown_column", _unknown_column_message(unknown), file=name,
+                                    field=unknown.label, severity="warning", entity=entity.name))
     return verified, refusals, findings
 
 

@@ -2,15 +2,21 @@
 
 Two steps, so that nothing is written before a folder is fully checked:
 `prepare` parses each new file once into all-text Arrow batches (see
-csv_scan), counting its records for the manifest check and spooling them as
-plain CSV chunks with lineage; `load` then has dlt COPY the chunks, several in
-parallel (CSV COPY measured faster than parquet through ADBC). A file whose
-digest was already landed for the same shop and entity is not parsed or
-stored again; its earlier rows are reused.
+formats.csv_reader), counting its records for the manifest check and spooling
+them as plain CSV chunks with lineage; `load` then has dlt COPY the chunks,
+several in parallel (CSV COPY measured faster than parquet through ADBC). A
+file whose digest was already landed for the same shop and entity is not
+parsed or stored again; its earlier rows are reused.
+
+Values of columns the contract does not know go to one side table per raw
+dataset (`_extra_values`), never to new columns: the entity tables are shared
+by every partner, and one partner's wide file must not change what another
+can load (PostgreSQL allows 1,600 columns per table, dropped ones included).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -27,7 +33,13 @@ from psycopg2.extras import Json
 
 from loader.contracts import Contract
 from loader.database import Warehouse
-from loader.formats.csv_reader import LINEAGE_COLUMNS, PROBLEM_COLUMNS, RawTableLayout, iter_raw_batches
+from loader.formats.csv_reader import (
+    EXTRA_VALUES_TABLE,
+    LINEAGE_COLUMNS,
+    PROBLEM_COLUMNS,
+    RawTableLayout,
+    iter_raw_batches,
+)
 from loader.formats.header import CsvFileError
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import VerifiedFile, read_manifest
@@ -40,6 +52,12 @@ CHUNK_MAX_ROWS = 1_000_000
 SPOOL_IN_FLIGHT = 4
 # The raw tables' column types; PostgreSQL and dlt call these two by the same names.
 _RAW_TYPES = {pa.string(): "text", pa.int64(): "bigint"}
+# dlt only appends to the side table ensure_raw_tables made (`_column_index` is an integer there).
+_EXTRA_VALUES_HINTS = (("_file_id", "bigint"), ("_row_number", "bigint"), ("_column_index", "bigint"),
+                       ("value", "text"))
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class LandedFile:
@@ -62,7 +80,7 @@ class PreparedFile:
     problem_rows: int
     already_landed: bool
     retry: bool = False
-    chunks: list[tuple[Path, int]] = field(default_factory=list)
+    chunks: list[tuple[Path, int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -101,7 +119,7 @@ def preload_unless_landed(conn: psycopg2.extensions.connection, folder: Path) ->
 
 def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) -> None:
     """Create the raw dataset's tables with every contract column, so dbt sources
-    exist even before a file with rows arrives. dlt adds extra columns later."""
+    exist even before a file with rows arrives, and the side table of unknown columns' values."""
     with conn, conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(hashtext('loader raw ddl'))")
         cur.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(contract.raw_dataset)))
@@ -115,6 +133,11 @@ def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) 
             # at almost no cost to the COPY.
             cur.execute(sql.SQL("create index if not exists {} on {} using brin (_file_id)").format(
                 sql.Identifier(f"{entity.name}__file_id"), table))
+        extras = sql.Identifier(contract.raw_dataset, EXTRA_VALUES_TABLE)
+        cur.execute(sql.SQL("create table if not exists {} (_file_id bigint, _row_number bigint,"
+                            " _column_index integer, value text)").format(extras))
+        cur.execute(sql.SQL("create index if not exists {} on {} using brin (_file_id)").format(
+            sql.Identifier(f"{EXTRA_VALUES_TABLE}__file_id"), extras))
 
 
 def _find_landed(
@@ -136,6 +159,7 @@ def chunk_rows(records: int, workers: int) -> int:
 @dataclass
 class _Chunk:
     path: Path
+    table: str
     writer: pacsv.CSVWriter
     rows: int = 0
 
@@ -145,36 +169,43 @@ def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progr
 
     Batches without a flagged row go to chunks that leave out the problem
     columns (they land as NULL): COPY then parses 12 columns instead of 15,
-    about a tenth faster. Writing happens on a second thread (pyarrow
-    releases the GIL), so the CSV writer works on one batch while the parser
-    reads the next.
+    about a tenth faster. Unknown columns' values go to chunks of their own,
+    for the side table. Writing happens on a second thread (pyarrow releases
+    the GIL), so the CSV writer works on one batch while the parser reads the next.
     """
     vf = pf.file
     max_rows = chunk_rows(vf.manifest_rows, workers)
     progress.file_started(vf.path.name, vf.manifest_rows)
     chunks: list[_Chunk] = []
-    # The chunk being written for clean batches (key True) and for flagged ones (False).
-    open_chunks: dict[bool, _Chunk] = {}
+    # The chunk being written for clean batches, for flagged ones, and for unknown columns' values.
+    open_chunks: dict[str, _Chunk] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader-spool") as pool:
         pending: deque[Future[None]] = deque()
+
+        def write(kind: str, table_name: str, table: pa.Table) -> None:
+            chunk = open_chunks.get(kind)
+            if chunk is None or chunk.rows >= max_rows:
+                if chunk is not None:
+                    pending.append(pool.submit(chunk.writer.close))
+                path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(chunks)}.csv"
+                chunk = open_chunks[kind] = _Chunk(path, table_name, pacsv.CSVWriter(path, table.schema))
+                chunks.append(chunk)
+            pending.append(pool.submit(chunk.writer.write_table, table))
+            # A few batches in flight at most, so memory stays flat.
+            while len(pending) > SPOOL_IN_FLIGHT:
+                pending.popleft().result()
+            chunk.rows += table.num_rows
+
         try:
-            for table in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
+            for batch in iter_raw_batches(vf.path, encoding, vf.entity, vf.header, pf.file_id):
+                table = batch.rows
                 flagged = table.num_rows - table.column("_problem").null_count
-                clean = flagged == 0
-                if clean:
-                    table = table.drop_columns(list(PROBLEM_COLUMNS))
-                chunk = open_chunks.get(clean)
-                if chunk is None or chunk.rows >= max_rows:
-                    if chunk is not None:
-                        pending.append(pool.submit(chunk.writer.close))
-                    path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(chunks)}.csv"
-                    chunk = open_chunks[clean] = _Chunk(path, pacsv.CSVWriter(path, table.schema))
-                    chunks.append(chunk)
-                pending.append(pool.submit(chunk.writer.write_table, table))
-                # A few batches in flight at most, so memory stays flat.
-                while len(pending) > SPOOL_IN_FLIGHT:
-                    pending.popleft().result()
-                chunk.rows += table.num_rows
+                if flagged:
+                    write("flagged", vf.entity.name, table)
+                else:
+                    write("clean", vf.entity.name, table.drop_columns(list(PROBLEM_COLUMNS)))
+                if batch.extra_values is not None:
+                    write("extras", EXTRA_VALUES_TABLE, batch.extra_values)
                 pf.records += table.num_rows
                 pf.problem_rows += flagged
                 progress.advance(table.num_rows)
@@ -184,7 +215,7 @@ def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progr
             pending.extend(pool.submit(chunk.writer.close) for chunk in open_chunks.values())
             for future in pending:
                 future.result()
-    pf.chunks = [(chunk.path, chunk.rows) for chunk in chunks]
+    pf.chunks = [(chunk.path, chunk.rows, chunk.table) for chunk in chunks]
     progress.file_done(vf.path.name)
 
 
@@ -223,12 +254,21 @@ def prepare(
     return prepared
 
 
+def _delete_rows(cur: psycopg2.extensions.cursor, contract: Contract, pfs: list[PreparedFile]) -> None:
+    """Delete every raw row (and unknown columns' value) of these files."""
+    for entity in {pf.file.entity.name for pf in pfs}:
+        ids = [pf.file_id for pf in pfs if pf.file.entity.name == entity]
+        cur.execute(sql.SQL("delete from {} where _file_id = any(%s)").format(
+            sql.Identifier(contract.raw_dataset, entity)), (ids,))
+    cur.execute(sql.SQL("delete from {} where _file_id = any(%s)").format(
+        sql.Identifier(contract.raw_dataset, EXTRA_VALUES_TABLE)), ([pf.file_id for pf in pfs],))
+
+
 def _claim(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey, pf: PreparedFile) -> None:
     """Register the file as landing; a file left half-landed by a crash has its rows cleared first."""
     vf = pf.file
     if pf.retry:
-        cur.execute(sql.SQL("delete from {} where _file_id = %s").format(
-            sql.Identifier(contract.raw_dataset, vf.entity.name)), (pf.file_id,))
+        _delete_rows(cur, contract, [pf])
         return
     header = {"names": list(vf.header.names), "columns": list(vf.header.columns)} if vf.header else {}
     cur.execute(
@@ -243,6 +283,20 @@ def _claim(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey, pf
     )
 
 
+def _forget_attempt(conn: psycopg2.extensions.connection, contract: Contract, new: list[PreparedFile]) -> None:
+    """After a failed landing: delete what this attempt wrote (dlt commits each chunk on its own, so
+    some may be in) and the files it registered, so nothing of it is left half-landed."""
+    try:
+        conn.rollback()
+        with conn, conn.cursor() as cur:
+            _delete_rows(cur, contract, new)
+            cur.execute("delete from loader_registry.landed_files where file_id = any(%s) and state = 'landing'",
+                        ([pf.file_id for pf in new if not pf.retry],))
+    except Exception:
+        # The landing's own error is the one to report; a file left 'landing' is cleared on the next attempt.
+        log.exception("could not clear the raw rows of a failed landing")
+
+
 def load(
     warehouse: Warehouse,
     conn: psycopg2.extensions.connection,
@@ -252,23 +306,30 @@ def load(
     workers: int,
     progress: Progress,
 ) -> list[LandedFile]:
-    """COPY the spooled chunks into the raw dataset with dlt, then mark the files landed."""
+    """COPY the spooled chunks into the raw dataset with dlt, then mark the files landed.
+
+    If anything fails, no raw row of this attempt is left behind.
+    """
     try:
         ensure_raw_tables(conn, contract)
         new = [pf for pf in prepared.files if not pf.already_landed]
-        with conn, conn.cursor() as cur:
-            for pf in new:
-                _claim(cur, contract, key, pf)
-        chunks = [(pf, path, rows) for pf in new for path, rows in pf.chunks]
-        if chunks:
-            _run_dlt(warehouse, contract, chunks, workers, progress)
-        with conn, conn.cursor() as cur:
-            for pf in new:
-                cur.execute(
-                    "update loader_registry.landed_files set state = 'landed', rows = %s, problem_rows = %s,"
-                    " landed_at = now() where file_id = %s",
-                    (pf.records, pf.problem_rows, pf.file_id),
-                )
+        try:
+            with conn, conn.cursor() as cur:
+                for pf in new:
+                    _claim(cur, contract, key, pf)
+            chunks = [(pf, path, rows, table) for pf in new for path, rows, table in pf.chunks]
+            if chunks:
+                _run_dlt(warehouse, contract, chunks, workers, progress)
+            with conn, conn.cursor() as cur:
+                for pf in new:
+                    cur.execute(
+                        "update loader_registry.landed_files set state = 'landed', rows = %s, problem_rows = %s,"
+                        " landed_at = now() where file_id = %s",
+                        (pf.records, pf.problem_rows, pf.file_id),
+                    )
+        except BaseException:
+            _forget_attempt(conn, contract, new)
+            raise
     finally:
         prepared.discard()
     return [
@@ -281,13 +342,16 @@ def load(
 def _run_dlt(
     warehouse: Warehouse,
     contract: Contract,
-    chunks: list[tuple[PreparedFile, Path, int]],
+    chunks: list[tuple[PreparedFile, Path, int, str]],
     workers: int,
     progress: Progress,
 ) -> None:
-    def columns_of(vf: VerifiedFile) -> tuple[tuple[str, str], ...]:
-        return tuple((f.name, _RAW_TYPES[f.type]) for f in RawTableLayout.for_file(vf.entity, vf.header).schema)
+    def columns_of(vf: VerifiedFile, table: str) -> tuple[tuple[str, str], ...]:
+        if table == EXTRA_VALUES_TABLE:
+            return _EXTRA_VALUES_HINTS
+        return tuple((f.name, _RAW_TYPES[f.type]) for f in RawTableLayout.for_entity(vf.entity).schema)
 
-    jobs = [CopyJob(path, rows, pf.file.entity.name, columns_of(pf.file)) for pf, path, rows in chunks]
-    progress.status(f"copying {sum(job.rows for job in jobs):,} rows into {contract.raw_dataset}")
+    jobs = [CopyJob(path, rows, table, columns_of(pf.file, table)) for pf, path, rows, table in chunks]
+    rows = sum(job.rows for job in jobs if job.table != EXTRA_VALUES_TABLE)
+    progress.status(f"copying {rows:,} rows into {contract.raw_dataset}")
     copy_chunks(warehouse.url, contract.raw_dataset, jobs, workers)
