@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import io
 import json
 import logging
@@ -151,7 +152,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(body, indent=2))
         return 0
     print(f"load {body['load']} ({body['contract']}): {body['status']}")
-    print(f"started {body['started_at']}, completed {body['completed_at'] or '-'}")
+    print(f"started {body['started_at'] or '-'}, completed {body['completed_at'] or '-'}")
     _print_ledger(body)
     return 0
 
@@ -184,7 +185,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"{'run':>5}  {'status':<12}  {'started (UTC)':<19}  {'errors':>6}  {'warnings':>8}  load")
     for r in runs:
-        started = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        started = (r.started_at or r.queued_at).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{r.run_id:>5}  {r.status:<12}  {started:<19}  {r.error_count:>6}  {r.warning_count:>8}  {r.load}")
     return 0
 

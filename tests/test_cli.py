@@ -96,8 +96,8 @@ def test_show_and_status_text(db: Warehouse, tmp_path: Path, capsys) -> None:
     assert main(["show", "acme/shop-1/load-1", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["status"] == "completed"
-    assert [h["status"] for h in body["history"]] == ["running", "completed"]
-    assert body["history"][0]["at"] <= body["history"][1]["at"]
+    assert [h["status"] for h in body["history"]] == ["queued", "running", "completed"]
+    assert body["history"][0]["at"] <= body["history"][1]["at"] <= body["history"][2]["at"]
     assert main(["show", "acme/shop-1/nope"]) == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -35,7 +36,9 @@ class RunRecord(BaseModel):
     contract: str
     status: RunStatus
     triggered_by: str
-    started_at: UtcTime
+    attempts: int
+    queued_at: UtcTime
+    started_at: UtcTime | None
     completed_at: UtcTime | None
     error_count: int
     warning_count: int
@@ -43,8 +46,8 @@ class RunRecord(BaseModel):
 
 
 _RUN_COLUMNS = """
-    run_id, partner_id || '/' || shop_id || '/' || load_id, contract, status, triggered_by,
-    started_at, completed_at, error_count, warning_count, message
+    run_id, partner_id || '/' || shop_id || '/' || load_id, contract, status, triggered_by, attempts,
+    queued_at, started_at, completed_at, error_count, warning_count, message
 """
 
 
@@ -75,21 +78,28 @@ def start_run(
     contract: str,
     triggered_by: str,
     source_path: str | None,
+    *,
+    start: bool = True,
 ) -> int:
-    """Register a run in `running` state. `parts` may be unchecked text from a refused path:
-    it is only ever stored as data, cut to a sane length."""
+    """Register a run, `queued`, and (with `start`, for a run in the foreground) take it up at once.
+
+    `parts` may be unchecked text from a refused path: it is only ever stored
+    as data, cut to a sane length.
+    """
     partner, shop, load = (storable(p[:200]) for p in parts)
     with conn, conn.cursor() as cur:
         cur.execute(
             "insert into loader_registry.runs (partner_id, shop_id, load_id, contract, status, triggered_by,"
-            " source_path) values (%s, %s, %s, %s, 'running', %s, %s) returning run_id",
+            " source_path) values (%s, %s, %s, %s, 'queued', %s, %s) returning run_id",
             (partner, shop, load, contract, storable(triggered_by), storable(source_path)),
         )
         run_id = int(one_row(cur)[0])
         cur.execute(
-            "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, 'running', %s)",
-            (run_id, storable(f"started by {triggered_by}")),
+            "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, 'queued', %s)",
+            (run_id, storable(f"queued by {triggered_by}")),
         )
+    if start:
+        set_status(conn, run_id, "running", f"started by {triggered_by}")
     return run_id
 
 
@@ -108,6 +118,8 @@ def set_status(
             """
             update loader_registry.runs set
                 status = %(status)s,
+                started_at = case when %(status)s = 'running' then clock_timestamp() else started_at end,
+                attempts = attempts + (%(status)s = 'running')::int,
                 completed_at = case when %(final)s then clock_timestamp() end,
                 message = coalesce(%(detail)s, message),
                 error_count = coalesce(%(errors)s, error_count),
@@ -268,9 +280,36 @@ def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey, wait: bool = T
             conn.commit()
 
 
+def _applied_digest(cur: psycopg2.extensions.cursor) -> str | None:
+    cur.execute("select to_regclass('loader_registry.schema_version') is not null")
+    if not one_row(cur)[0]:
+        return None
+    cur.execute("select digest from loader_registry.schema_version")
+    row = cur.fetchone()
+    return str(row[0]) if row else None
+
+
 def ensure_registry(warehouse: Warehouse) -> None:
-    """Create or update the run registry schema (idempotent DDL)."""
+    """Create or update the run registry schema, once per version of registry.sql.
+
+    The common case reads one row and takes no lock a reader could block;
+    the DDL runs only when the file changed, under an advisory lock so that
+    two processes do not apply it at once.
+    """
+    ddl = REGISTRY_SQL.read_text(encoding="utf-8")
+    digest = hashlib.sha256(ddl.encode()).hexdigest()
     conn = warehouse.connect()
-    with contextlib.closing(conn), conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('loader_registry ddl'))")
-        cur.execute(REGISTRY_SQL.read_text(encoding="utf-8"))
+    with contextlib.closing(conn):
+        with conn, conn.cursor() as cur:
+            if _applied_digest(cur) == digest:
+                return
+        with conn, conn.cursor() as cur:
+            cur.execute("select pg_advisory_xact_lock(hashtext('loader_registry ddl'))")
+            if _applied_digest(cur) == digest:
+                return
+            cur.execute(ddl)
+            cur.execute(
+                "insert into loader_registry.schema_version (digest) values (%s) on conflict (singleton)"
+                " do update set digest = excluded.digest, applied_at = clock_timestamp()",
+                (digest,),
+            )

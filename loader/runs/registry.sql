@@ -1,5 +1,8 @@
 -- Run registry: one row per run, an append-only status history, and the files
--- each run landed. Applied on every start; every statement is idempotent.
+-- each run landed. Applied once per version of this file (schema_version holds
+-- its digest), never on every command: DDL takes ACCESS EXCLUSIVE locks, and a
+-- reader idle in a transaction would make every command wait. Every statement
+-- is idempotent, so a newer version applies over an older one.
 create schema if not exists loader_registry;
 
 create table if not exists loader_registry.runs (
@@ -27,6 +30,64 @@ create table if not exists loader_registry.runs (
 alter table loader_registry.runs add column if not exists fingerprint text;
 
 create index if not exists runs_load_key on loader_registry.runs (partner_id, shop_id, load_id, run_id desc);
+
+-- Runs wait in the queue before they start: queued_at is when the run was
+-- registered, started_at when a worker (or `loader run`) last took it up, and
+-- attempts how many times one did.
+alter table loader_registry.runs add column if not exists queued_at timestamptz;
+update loader_registry.runs set queued_at = started_at where queued_at is null;
+alter table loader_registry.runs alter column queued_at set default clock_timestamp();
+alter table loader_registry.runs alter column queued_at set not null;
+alter table loader_registry.runs alter column started_at drop not null;
+alter table loader_registry.runs alter column started_at drop default;
+alter table loader_registry.runs add column if not exists attempts integer not null default 0;
+alter table loader_registry.runs drop constraint if exists runs_started_after_queued;
+alter table loader_registry.runs add constraint runs_started_after_queued check (started_at >= queued_at);
+
+-- The run states and every allowed move between them, written once: a trigger
+-- refuses any other move, whichever code path (or person at psql) tries it.
+create table if not exists loader_registry.run_transitions (
+    from_status text not null,
+    to_status text not null,
+    why text not null,
+    primary key (from_status, to_status)
+);
+
+delete from loader_registry.run_transitions;
+insert into loader_registry.run_transitions (from_status, to_status, why) values
+('queued', 'running', 'a worker (or loader run) takes the run'),
+('running', 'completed', 'published, or nothing to publish'),
+('running', 'failed', 'the run failed'),
+('running', 'needs_review', 'a threshold held the load for review'),
+('running', 'rejected', 'the folder was refused'),
+('running', 'queued', 'the worker died or a transient failure: taken again'),
+('failed', 'queued', 'loader rerun'),
+('needs_review', 'queued', 'loader rerun'),
+('needs_review', 'completed', 'loader approve'),
+('needs_review', 'rejected', 'loader reject');
+
+create or replace function loader_registry.check_run_transition() returns trigger
+language plpgsql as $$
+begin
+    if tg_op = 'INSERT' then
+        if new.status <> 'queued' then
+            raise exception 'a new run starts queued, not %', new.status
+                using errcode = 'check_violation';
+        end if;
+    elsif new.status is distinct from old.status and not exists (
+        select from loader_registry.run_transitions as t
+        where t.from_status = old.status and t.to_status = new.status
+    ) then
+        raise exception 'run %: % -> % is not an allowed move', old.run_id, old.status, new.status
+            using errcode = 'check_violation';
+    end if;
+    return new;
+end;
+$$;
+
+create or replace trigger runs_state_machine
+before insert or update of status on loader_registry.runs
+for each row execute function loader_registry.check_run_transition();
 
 create table if not exists loader_registry.run_status_history (
     history_id bigint generated always as identity primary key,
@@ -115,4 +176,11 @@ create table if not exists loader_registry.dbt_context (
     load_id text not null,
     date_format text,
     set_at timestamptz not null default clock_timestamp()
+);
+
+-- The digest of the version of this file that was applied last.
+create table if not exists loader_registry.schema_version (
+    singleton boolean primary key default true check (singleton),
+    digest text not null,
+    applied_at timestamptz not null default clock_timestamp()
 );

@@ -66,7 +66,7 @@ def report(conn: psycopg2.extensions.connection, target_dir: Path, key: LoadKey)
         "load": str(key),
         "contract": run.contract,
         "status": run.status,
-        "started_at": _utc(run.started_at),
+        "started_at": _utc(run.started_at) if run.started_at else None,
         "completed_at": _utc(run.completed_at) if run.completed_at else None,
         "entities": entities or {},
     }

@@ -226,7 +226,7 @@ def test_refused_folder_writes_no_raw_row_and_records_reasons(db: Warehouse, tmp
     assert sorted(query(db, "select rule, file_name from loader_registry.run_problems")) == [
         ("missing_file", "payments.csv"), ("row_count", "customers.csv")]
     assert query(db, "select status from loader_registry.run_status_history order by history_id") == [
-        ("running",), ("rejected",)]
+        ("queued",), ("running",), ("rejected",)]
 
 
 def test_bad_path_is_refused_and_recorded(db: Warehouse, tmp_path: Path, capsys) -> None:
@@ -274,7 +274,7 @@ def test_history_is_append_only(db: Warehouse, tmp_path: Path, capsys) -> None:
         with pytest.raises(psycopg2.Error, match="append-only"):
             query(db, statement)
     assert query(db, "select status from loader_registry.run_status_history order by history_id") == [
-        ("running",), ("completed",)]
+        ("queued",), ("running",), ("completed",)]
 
 
 def test_completed_at_cannot_precede_started_at(db: Warehouse, tmp_path: Path, capsys) -> None:
