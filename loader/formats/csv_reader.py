@@ -24,7 +24,6 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -156,7 +155,7 @@ class _ParserStream(io.RawIOBase):
     parser's blocks must hold whole records.
     """
 
-    def __init__(self, source: BinaryIO | _HashingReader, encoding: str) -> None:
+    def __init__(self, source: io.BufferedIOBase | _HashingReader, encoding: str) -> None:
         self._source = source
         self._encoding = encoding
         self._utf8 = encoding == "utf-8"
@@ -231,7 +230,7 @@ class _ParserStream(io.RawIOBase):
 class _HashingReader(io.RawIOBase):
     """A read-only stream that hashes every byte handed to the parser."""
 
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: io.BufferedIOBase) -> None:
         self._fh = fh
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -394,7 +393,7 @@ def iter_raw_batches(
     batch_maker = _BatchMaker(RawTableLayout.for_entity(entity), header, encoding, file_id)
     with path.open("rb") as fh:
         fh.seek(header.size)
-        parser = _Parser(_ParserStream(fh, encoding), header)  # type: ignore[arg-type]
+        parser = _Parser(_ParserStream(fh, encoding), header)
         for batch in parser.batches(lambda: batch_maker.next_line):
             raw = batch_maker.build(batch, parser.ragged, parser.stream.marked)
             if on_rows:
@@ -504,7 +503,7 @@ class _BatchMaker:
         detail = pa.nulls(n, pa.string())
         if bad_fields:
             bad_any = np.logical_or.reduce([mask for _, mask in bad_fields])
-            problem = pa.array(np.where(bad_any, "encoding", None).tolist(), pa.string())
+            problem = pa.array(["encoding" if bad else None for bad in bad_any], pa.string())
             detail = pa.array([",".join(c for c, m in bad_fields if m[k]) or None for k in range(n)], pa.string())
 
         pending = sorted(k for k in ragged.records if k >= self.next_index)

@@ -13,6 +13,10 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from dlt.common.schema.typing import TColumnSchema
 
 # dlt's project directory, for its (empty) secrets.toml: see there.
 DLT_PROJECT_DIR = Path(__file__).parent / "dlt_project"
@@ -63,10 +67,13 @@ def copy_chunks(url: str, dataset: str, jobs: list[CopyJob], workers: int) -> No
 
     work_dir = Path(tempfile.mkdtemp(prefix="loader-dlt-"))
     try:
+        def hints(job: CopyJob) -> list[TColumnSchema]:
+            return cast("list[TColumnSchema]", [{"name": n, "data_type": t} for n, t in job.columns])
+
         resources = [
             dlt.resource(
                 [dlt.mark.with_file_import(str(job.path), "csv", job.rows, hints=dlt.mark.make_hints(
-                    table_name=job.table, columns=[{"name": n, "data_type": t} for n, t in job.columns]))],
+                    table_name=job.table, columns=hints(job)))],
                 name=job.path.stem,
                 write_disposition="append",
             )

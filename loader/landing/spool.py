@@ -113,7 +113,8 @@ def preload_unless_landed(conn: psycopg2.extensions.connection, folder: Path) ->
             " where partner_id = %s and shop_id = %s and state = 'landed' and sha256 = any(%s)",
             (key.partner_id, key.shop_id, digests),
         )
-        if cur.fetchone()[0] < len(digests):
+        row = cur.fetchone()
+        if row is None or row[0] < len(digests):
             preload()
 
 
@@ -243,7 +244,9 @@ def prepare(
                     file_id = found[0]
                 else:
                     cur.execute("select nextval(pg_get_serial_sequence('loader_registry.landed_files', 'file_id'))")
-                    file_id = cur.fetchone()[0]
+                    row = cur.fetchone()
+                    assert row is not None  # nextval returns a row
+                    file_id = row[0]
                 prepared.files.append(PreparedFile(vf, file_id, 0, 0, False, retry=found is not None))
         for pf in prepared.files:
             if not pf.already_landed:
