@@ -185,7 +185,9 @@ def _spool(pf: PreparedFile, encoding: str, spool_dir: Path, workers: int, progr
 
         def write(kind: str, table_name: str, table: pa.Table) -> None:
             chunk = open_chunks.get(kind)
-            if chunk is None or chunk.rows >= max_rows:
+            # The side table's rows are values, not records: as many as a wide file has cells.
+            limit = CHUNK_MAX_ROWS if kind == "extras" else max_rows
+            if chunk is None or chunk.rows >= limit:
                 if chunk is not None:
                     pending.append(pool.submit(chunk.writer.close))
                 path = spool_dir / f"{vf.entity.name}__{pf.file_id}__{len(chunks)}.csv"
