@@ -34,6 +34,7 @@ from loader.database import (
 )
 from loader.dbt.runner import build_vars
 from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.manifest import capped
 from loader.intake.partners import PartnerSettingsError, load_partners
 from loader.runs import reports
 from loader.runs.pipeline import RunOutcome, describe_problems, run_load
@@ -76,7 +77,7 @@ def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
         print(outcome.message)
     if v.findings:
         print("file findings:")
-        print("\n".join(describe_problems(v.findings)))
+        print("\n".join(describe_problems(capped(v.findings))))
     if not outcome.landed or v.contract is None or v.key is None:
         return
     width = max(len(lf.file_name) for lf in outcome.landed)
