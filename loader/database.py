@@ -98,14 +98,19 @@ class Warehouse:
 
     def connect(self) -> psycopg2.extensions.connection:
         """A new connection; raises WarehouseUnavailable, naming the server, when there is none to be had."""
-        params: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **dict(self.options), "host": self.host,
-                                  "port": self.port, "user": self.user, "password": self.password or None,
-                                  "dbname": self.dbname, "application_name": "loader"}
-        try:
-            conn: psycopg2.extensions.connection = psycopg2.connect(**params)
-            return conn
-        except psycopg2.OperationalError as exc:
-            raise WarehouseUnavailable(_unavailable(self.display + f" as user {self.user}", exc)) from None
+        params: dict[str, Any] = {**dict(self.options), "host": self.host, "port": self.port, "user": self.user,
+                                  "password": self.password or None, "dbname": self.dbname}
+        return _connect(params, self.display + f" as user {self.user}")
+
+
+def _connect(params: dict[str, Any], where: str) -> psycopg2.extensions.connection:
+    """A connection with the loader's name and timeout; WarehouseUnavailable, naming `where`, when there is none."""
+    try:
+        conn: psycopg2.extensions.connection = psycopg2.connect(
+            **{"connect_timeout": CONNECT_TIMEOUT_S, **params, "application_name": "loader"})
+    except psycopg2.OperationalError as exc:
+        raise WarehouseUnavailable(_unavailable(where, exc)) from None
+    return conn
 
 
 def one_row(cur: psycopg2.extensions.cursor) -> tuple[Any, ...]:
@@ -129,12 +134,7 @@ def warehouse_from_url(url: str, *, embedded: bool = False) -> Warehouse:
         params = parse_dsn(url)
     except psycopg2.ProgrammingError as exc:
         raise WarehouseUrlError(f"LOADER_DATABASE_URL is not a URL libpq accepts: {str(exc).strip()}") from None
-    where = _url_display(params)
-    try:
-        conn = psycopg2.connect(**{"connect_timeout": CONNECT_TIMEOUT_S, **params, "application_name": "loader"})
-    except psycopg2.OperationalError as exc:
-        raise WarehouseUnavailable(_unavailable(where, exc)) from None
-    with contextlib.closing(conn):
+    with contextlib.closing(_connect(dict(params), _url_display(params))) as conn:
         info = conn.info
         host, port, user, dbname, password = info.host, info.port, info.user, info.dbname, info.password
     return Warehouse(host=host, port=int(port), user=user, password=password or "", dbname=dbname,
