@@ -151,8 +151,8 @@ def _upsert(e: Entity) -> str:
 def _child(folder: str, home: str, log_path: str, queue: mp.Queue[Any]) -> None:
     from loader.database import resolve_warehouse
     from loader.intake.partners import PartnersFile
-    from loader.runs.pipeline import run_load
     from loader.runs.progress import LogProgress
+    from loader.runs.worker import run_load
 
     warehouse = resolve_warehouse(LoaderSettings())
     with open(log_path, "a", encoding="utf-8") as log:

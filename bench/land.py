@@ -116,8 +116,8 @@ def plain_copy(warehouse: Warehouse, path: Path) -> float:
 def _child(folders: list[str], url: str, queue: mp.Queue[Any]) -> None:
     from loader.database import warehouse_from_url
     from loader.intake.partners import PartnersFile
-    from loader.runs.pipeline import run_load
     from loader.runs.progress import LogProgress
+    from loader.runs.worker import run_load
 
     warehouse = warehouse_from_url(url)
     times = []

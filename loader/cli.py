@@ -37,9 +37,28 @@ from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import capped
 from loader.intake.partners import PartnerSettingsError, load_partners
 from loader.runs import reports
-from loader.runs.pipeline import RunOutcome, describe_problems, run_load
-from loader.runs.progress import make_progress
-from loader.runs.registry import RunStatus, ensure_registry, kept_source, latest_run, recent_runs, run_history
+from loader.runs.inbox import InboxError, NotALoadFolder, check_submittable, keep, manifest_contract
+from loader.runs.pipeline import Runner, RunOutcome, describe_problems
+from loader.runs.progress import Progress, make_progress
+from loader.runs.registry import (
+    RunStatus,
+    ensure_registry,
+    kept_files,
+    latest_run,
+    recent_runs,
+    run_history,
+    run_record,
+    start_run,
+)
+from loader.runs.worker import (
+    QueuePolicy,
+    make_runner_for,
+    requeue_for_rerun,
+    run_in_foreground,
+    run_workers,
+    serve_until_done,
+    worker_name,
+)
 from loader.settings import LoaderSettings
 
 EXIT_USAGE = 2
@@ -65,16 +84,17 @@ def _warehouse(settings: LoaderSettings) -> Warehouse:
     return warehouse
 
 
-def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
+def _print_outcome(outcome: RunOutcome, warehouse: Warehouse, load: str) -> None:
     v = outcome.verification
-    load = str(v.key) if v.key else str(v.folder)
     print(f"load {load} (run {outcome.run_id}): {outcome.status}")
-    if outcome.status == "rejected":
+    if outcome.status == "rejected" and v is not None:
         print("the folder was refused; nothing was landed:")
         print("\n".join(describe_problems(v.refusals)))
         return
     if outcome.message:
         print(outcome.message)
+    if v is None:
+        return
     if v.findings:
         print("file findings:")
         print("\n".join(describe_problems(capped(v.findings))))
@@ -94,25 +114,37 @@ def _print_outcome(outcome: RunOutcome, warehouse: Warehouse) -> None:
     print(f'  or, for psql and dbt in your shell: eval "$({me} env)"')
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings()
-    partners = load_partners(settings.partners_file)
-    warehouse = _warehouse(settings)
-    progress = make_progress()
-    try:
-        outcome = run_load(warehouse, partners, Path(args.path), triggered_by=args.triggered_by,
-                           progress=progress, home=settings.home_dir, land_workers=settings.land_workers,
-                           transform=not getattr(args, "land_only", False))
-    finally:
-        progress.close()
-    _print_outcome(outcome, warehouse)
-    land_only = getattr(args, "land_only", False)
-    if outcome.verification.key is not None and outcome.status != "rejected" and not land_only:
+def _foreground_runner(settings: LoaderSettings, warehouse: Warehouse, args: argparse.Namespace,
+                       progress: Progress) -> Runner:
+    return Runner(warehouse, load_partners(settings.partners_file), settings.home_dir, worker_name("cli"), progress,
+                  lease_seconds=settings.lease_seconds, land_workers=settings.land_workers,
+                  transform=not getattr(args, "land_only", False))
+
+
+def _finish_foreground(outcome: RunOutcome, warehouse: Warehouse, args: argparse.Namespace) -> int:
+    with contextlib.closing(warehouse.connect()) as conn:
+        record = run_record(conn, outcome.run_id)
+    load = record.load if record else "?"
+    _print_outcome(outcome, warehouse, load)
+    if record is not None and outcome.status != "rejected" and not getattr(args, "land_only", False):
         with contextlib.closing(warehouse.connect()) as conn:
-            body = reports.report(conn, settings.home_dir / "dbt" / "target", outcome.verification.key)
+            body = reports.report(conn, LoadKey.parse(record.load))
         if body is not None:
             _print_ledger(body)
     return outcome.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    progress = make_progress()
+    try:
+        runner = _foreground_runner(settings, warehouse, args, progress)
+        outcome = run_in_foreground(runner, QueuePolicy.of(settings), Path(args.path),
+                                    triggered_by=args.triggered_by, inbox=settings.inbox_dir)
+    finally:
+        progress.close()
+    return _finish_foreground(outcome, warehouse, args)
 
 
 def _print_ledger(body: dict[str, Any]) -> None:
@@ -128,16 +160,56 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     settings = _settings()
     warehouse = _warehouse(settings)
     with contextlib.closing(warehouse.connect()) as conn:
-        source = kept_source(conn, key)
-    if source is None:
-        print(f"unknown load {key}", file=sys.stderr)
-        return 1
-    folder = Path(source)
-    if not folder.is_dir():
-        print(f"the kept files of {key} are gone: {folder} does not exist", file=sys.stderr)
-        return 1
-    args.path = str(folder)
-    return cmd_run(args)
+        run = latest_run(conn, key)
+        kept = kept_files(conn, run.run_id) if run is not None else None
+        if run is None:
+            print(f"unknown load {key}", file=sys.stderr)
+            return 1
+        if run.status in ("queued", "running"):
+            print(f"run {run.run_id} of {key} is already {run.status}", file=sys.stderr)
+            return 1
+        if kept is None:
+            print(f"{key} has no kept files: its folder was refused before anything was kept ({run.message});"
+                  " run the folder again with `loader run PATH`", file=sys.stderr)
+            return 1
+        if not Path(kept).is_dir():
+            print(f"the kept files of {key} are gone: {kept} does not exist", file=sys.stderr)
+            return 1
+        # A failed or held run goes back in the queue; a finished one is run again as a new run of the same files.
+        run_id = run.run_id
+        if not requeue_for_rerun(conn, run.run_id, args.triggered_by):
+            run_id = start_run(conn, (key.partner_id, key.shop_id, key.load_id), run.contract, args.triggered_by,
+                               kept, submitted_from=f"rerun of run {run.run_id}")
+    progress = make_progress()
+    try:
+        runner = _foreground_runner(settings, warehouse, args, progress)
+        outcome = serve_until_done(runner, QueuePolicy.of(settings), run_id)
+    finally:
+        progress.close()
+    return _finish_foreground(outcome, warehouse, args)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    settings = _settings()
+    folder = Path(args.path)
+    try:
+        key = check_submittable(folder)
+    except NotALoadFolder as exc:
+        raise UsageError(str(exc)) from None
+    warehouse = _warehouse(settings)
+    kept = keep(folder, settings.inbox_dir)
+    with contextlib.closing(warehouse.connect()) as conn:
+        run_id = start_run(conn, (key.partner_id, key.shop_id, key.load_id), manifest_contract(kept),
+                           args.triggered_by, str(kept), submitted_from=str(folder.absolute()))
+    print(f"queued run {run_id}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    return run_workers(make_runner_for(settings, warehouse), QueuePolicy.of(settings), concurrency=args.concurrency,
+                       once=args.once)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -145,7 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = _settings()
     warehouse = _warehouse(settings)
     with contextlib.closing(warehouse.connect()) as conn:
-        body = reports.report(conn, settings.home_dir / "dbt" / "target", key)
+        body = reports.report(conn, key)
     if body is None:
         print(f"unknown load {key}", file=sys.stderr)
         return 1
@@ -166,7 +238,7 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
     if args.entity is not None and args.entity not in entities:
         raise UsageError(f"unknown entity {args.entity!r}; entities: {', '.join(entities)}")
     with contextlib.closing(warehouse.connect()) as conn:
-        rows = reports.exceptions(conn, settings.home_dir / "dbt" / "target", key, args.entity)
+        rows = reports.exceptions(conn, key, args.entity)
     if rows is None:
         print(f"unknown load {key}", file=sys.stderr)
         return 1
@@ -310,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--land-only", action="store_true", help="verify and land into the raw layer only")
     rerun.set_defaults(func=cmd_rerun)
 
+    submit = sub.add_parser("submit", help="keep a load folder's files in the inbox and queue a run for the workers")
+    submit.add_argument("path", help="load folder .../partner_id/shop_id/load_id/")
+    submit.add_argument("--triggered-by", default="cli:submit", help="who or what queued the run")
+    submit.set_defaults(func=cmd_submit)
+
+    worker = sub.add_parser("worker", help="run queued loads (FIFO per shop, shops side by side)")
+    worker.add_argument("--once", action="store_true", help="return when nothing is queued or running")
+    worker.add_argument("--concurrency", type=_positive_int, default=2,
+                        help="loads of different shops run at once (default 2)")
+    worker.set_defaults(func=cmd_worker)
+
     demo = sub.add_parser("demo", help="generate a sample shop export and run it end to end")
     demo.add_argument("--customers", type=int, default=200, help="size of the sample shop (default 200)")
     demo.add_argument("--seed", type=int, default=42)
@@ -428,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, LoadKeyError, PartnerSettingsError, WarehouseUrlError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except WarehouseUnavailable as exc:
+    except (WarehouseUnavailable, InboxError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -4,6 +4,7 @@ embedded PostgreSQL started (or reused) under LOADER_HOME."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -97,17 +98,26 @@ class Warehouse:
         }
 
     def connect(self) -> psycopg2.extensions.connection:
-        """A new connection; raises WarehouseUnavailable, naming the server, when there is none to be had."""
-        params: dict[str, Any] = {**dict(self.options), "host": self.host, "port": self.port, "user": self.user,
-                                  "password": self.password or None, "dbname": self.dbname}
+        """A new connection, named as `named` said (application_name), else "loader".
+
+        Raises WarehouseUnavailable, naming the server, when there is none to be had.
+        """
+        params: dict[str, Any] = {"application_name": "loader", **dict(self.options), "host": self.host,
+                                  "port": self.port, "user": self.user, "password": self.password or None,
+                                  "dbname": self.dbname}
         return _connect(params, self.display + f" as user {self.user}")
+
+    def named(self, name: str) -> Warehouse:
+        """This warehouse, with every connection made through it (ours, dlt's) called `name` on the server."""
+        options = tuple((k, v) for k, v in self.options if k != "application_name")
+        return dataclasses.replace(self, options=(*options, ("application_name", name)))
 
 
 def _connect(params: dict[str, Any], where: str) -> psycopg2.extensions.connection:
     """A connection with the loader's name and timeout; WarehouseUnavailable, naming `where`, when there is none."""
     try:
         conn: psycopg2.extensions.connection = psycopg2.connect(
-            **{"connect_timeout": CONNECT_TIMEOUT_S, **params, "application_name": "loader"})
+            **{"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "loader", **params})
     except psycopg2.OperationalError as exc:
         raise WarehouseUnavailable(_unavailable(where, exc)) from None
     return conn

@@ -20,6 +20,15 @@ class LoaderSettings(BaseSettings):
     home: Path = Field(default=Path(".loader"), description="data folder for the embedded server and kept loads")
     partners_file: Path = Field(default=Path("partners.yml"), description="partner settings (encodings, date formats)")
     land_workers: int = Field(default=2, ge=1, le=16, description="parallel COPY streams when landing")
+    inbox: Path | None = Field(default=None, description="where loads' kept files go (default: inbox under home)")
+    lease_seconds: float = Field(default=30.0, ge=1, le=3600,
+                                 description="a run whose worker has not been heard from for this long is taken back")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="tries of a run that hits transient failures")
+    retry_base_seconds: float = Field(default=5.0, ge=0, le=3600,
+                                      description="the first retry's delay; each next one doubles it (with jitter)")
+    retry_max_seconds: float = Field(default=300.0, ge=0, le=86400, description="the longest delay between retries")
+    poll_seconds: float = Field(default=2.0, gt=0, le=300,
+                                description="how often an idle worker looks at the queue (it is also woken at once)")
 
     @field_validator("database_url")
     @classmethod
@@ -33,3 +42,7 @@ class LoaderSettings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.inbox.expanduser().resolve() if self.inbox else self.home_dir / "inbox"

@@ -2,7 +2,7 @@
 
 dbt's start-up costs seconds, so it runs once per load (not per model or
 entity), in this process through dbtRunner. The load comes from the
-registry's dbt_context row rather than vars, so that dbt's parse of the
+registry's build_context row of the worker slot rather than vars, so that dbt's parse of the
 project stays cached from one load to the next.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 from loader.database import Warehouse
 from loader.dbt.relations import Relation
 from loader.intake.load_key import LoadKey
+from loader.runs.slots import Slot
 
 REPO = Path(__file__).resolve().parents[2]
 DBT_PROJECT = REPO / "dbt_project"
@@ -78,29 +79,32 @@ def _model_built_callback(on_model_built: Callable[[str, Relation], None]) -> Ca
 
 def dbt_build(
     warehouse: Warehouse,
-    home: Path,
+    slot: Slot,
     dbt_vars: dict[str, Any] | None = None,
     *,
     select: str | None = None,
     gates_only: bool = True,
     on_model_built: Callable[[str, Relation], None] | None = None,
 ) -> DbtOutcome:
-    """Run `dbt build` for one load; never raises for a failed model or test.
+    """Run `dbt build` for one load in a worker slot's relations; never raises for a failed model or test.
 
-    Without vars, dbt validates the load named in loader_registry.dbt_context
-    (registry.set_dbt_context), and its parse of the project stays cached.
+    Without vars, dbt validates the load named in the slot's row of
+    loader_registry.build_context (registry.set_build_context), and its
+    parse of the project stays cached in the slot's target folder.
     `on_model_built(name, relation)` is called, from dbt's threads, as each model is built.
     """
     from dbt.cli.main import dbtRunner
 
-    # profiles.yml reads the connection from these variables (env_var()), exactly as by hand.
+    # profiles.yml reads the connection and the slot's schema from these variables (env_var()), as by hand.
+    # A process builds in one slot at a time, so its environment can say which.
     os.environ.update({k: v for k, v in warehouse.env().items() if k.startswith("LOADER_PG")})
+    os.environ.update(slot.dbt_env())
     args = [
         "build",
         "--project-dir", str(DBT_PROJECT),
         "--profiles-dir", str(PROFILES_DIR),
-        "--target-path", str(home / "dbt" / "target"),
-        "--log-path", str(home / "dbt" / "logs"),
+        "--target-path", str(slot.target_dir),
+        "--log-path", str(slot.logs_dir),
         "--quiet",
     ]
     if dbt_vars is not None:

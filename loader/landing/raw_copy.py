@@ -60,12 +60,16 @@ def preload() -> None:
     threading.Thread(target=_warm_up, name="loader-import-dlt", daemon=True).start()
 
 
-def copy_chunks(url: str, dataset: str, jobs: list[CopyJob], workers: int) -> None:
-    """Have dlt COPY the chunks into `dataset`, `workers` streams at a time; raises LandingError."""
+def copy_chunks(url: str, dataset: str, jobs: list[CopyJob], workers: int, scratch: Path | None = None) -> None:
+    """Have dlt COPY the chunks into `dataset`, `workers` streams at a time; raises LandingError.
+
+    dlt's working folder goes under `scratch` (the worker slot's), where a
+    killed run's leftovers are found and removed.
+    """
     _dlt_environment()
     import dlt
 
-    work_dir = Path(tempfile.mkdtemp(prefix="loader-dlt-"))
+    work_dir = Path(tempfile.mkdtemp(prefix="loader-dlt-", dir=scratch))
     try:
         def hints(job: CopyJob) -> list[TColumnSchema]:
             return cast("list[TColumnSchema]", [{"name": n, "data_type": t} for n, t in job.columns])

@@ -44,6 +44,7 @@ from loader.formats.header import CsvFileError
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import VerifiedFile, read_manifest
 from loader.landing.raw_copy import CopyJob, copy_chunks, preload
+from loader.runs import faults
 from loader.runs.progress import Progress
 
 # Spooled CSV chunks hold at most this many rows, and a file is cut into a
@@ -229,12 +230,13 @@ def prepare(
     encoding: str,
     workers: int,
     progress: Progress,
+    scratch: Path | None = None,
 ) -> Prepared:
-    """Parse and spool every file not landed before; writes nothing to the database.
+    """Parse and spool every file not landed before, under `scratch`; writes nothing to the database.
 
     Raises CsvFileError for a file the parser cannot read.
     """
-    prepared = Prepared([], Path(tempfile.mkdtemp(prefix="loader-spool-")))
+    prepared = Prepared([], Path(tempfile.mkdtemp(prefix="loader-spool-", dir=scratch)))
     try:
         with conn, conn.cursor() as cur:
             for vf in files:
@@ -310,6 +312,7 @@ def load(
     prepared: Prepared,
     workers: int,
     progress: Progress,
+    scratch: Path | None = None,
 ) -> list[LandedFile]:
     """COPY the spooled chunks into the raw dataset with dlt, then mark the files landed.
 
@@ -324,7 +327,8 @@ def load(
                     _claim(cur, contract, key, pf)
             chunks = [(pf, path, rows, table) for pf in new for path, rows, table in pf.chunks]
             if chunks:
-                _run_dlt(warehouse, contract, chunks, workers, progress)
+                _run_dlt(warehouse, contract, chunks, workers, progress, scratch)
+            faults.reach("landing")
             with conn, conn.cursor() as cur:
                 for pf in new:
                     cur.execute(
@@ -350,6 +354,7 @@ def _run_dlt(
     chunks: list[tuple[PreparedFile, Path, int, str]],
     workers: int,
     progress: Progress,
+    scratch: Path | None,
 ) -> None:
     def columns_of(vf: VerifiedFile, table: str) -> tuple[tuple[str, str], ...]:
         if table == EXTRA_VALUES_TABLE:
@@ -359,4 +364,4 @@ def _run_dlt(
     jobs = [CopyJob(path, rows, table, columns_of(pf.file, table)) for pf, path, rows, table in chunks]
     rows = sum(job.rows for job in jobs if job.table != EXTRA_VALUES_TABLE)
     progress.status(f"copying {rows:,} rows into {contract.raw_dataset}")
-    copy_chunks(warehouse.url, contract.raw_dataset, jobs, workers)
+    copy_chunks(warehouse.url, contract.raw_dataset, jobs, workers, scratch)

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import psycopg2.extensions
-from psycopg2 import sql
 
-from loader.dbt.relations import built_relation
 from loader.dbt.runner import DBT_PROJECT
 from loader.intake.load_key import LoadKey
-from loader.publish.transaction import PublishError
+from loader.runs.registry import EXCEPTION_COLUMNS, LEDGER_COLUMNS
 
 _SQL_DIRS = ("models", "macros", "tests")
 
@@ -56,39 +53,18 @@ def previous_identical_run(
     return row[0] if row is not None and row[1] == digest else None
 
 
-def _columns(cur: psycopg2.extensions.cursor, schema: str, table: str) -> list[str]:
-    cur.execute(
-        "select column_name from information_schema.columns where table_schema = %s and table_name = %s"
-        " order by ordinal_position",
-        (schema, table),
-    )
-    return [name for (name,) in cur.fetchall()]
+def carry_over(cur: psycopg2.extensions.cursor, previous: int, run_id: int) -> None:
+    """Copy the previous run's ledger and exceptions to this run (in the caller's transaction).
 
-
-def carry_over(
-    conn: psycopg2.extensions.connection, target_dir: Path, previous: int, run_id: int, key: LoadKey
-) -> None:
-    """Copy the previous run's ledger and exceptions to this run; every valid row is unchanged now."""
-    replacements: dict[str, sql.Composable] = {
-        "run_id": sql.Literal(run_id),
-        "load_id": sql.Literal(key.load_id),
-        "inserted": sql.Literal(0),
-        "updated": sql.Literal(0),
-        "unchanged": sql.Identifier("valid_rows"),
-    }
-    with conn, conn.cursor() as cur:
-        ledger = built_relation(cur, target_dir, "ledger")
-        exceptions = built_relation(cur, target_dir, "exceptions")
-        if ledger is None or exceptions is None:
-            raise PublishError(f"cannot carry the previous run over: dbt's audit tables are not in {target_dir}")
-        for relation in (ledger, exceptions):
-            columns = _columns(cur, relation.schema, relation.name)
-            values: list[sql.Composable] = [replacements.get(c, sql.Identifier(c)) for c in columns]
-            cur.execute(
-                sql.SQL("insert into {rel} ({cols}) select {values} from {rel} where run_id = %s").format(
-                    rel=relation.ident(),
-                    cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-                    values=sql.SQL(", ").join(values),
-                ),
-                (previous,),
-            )
+    Every row valid then is unchanged now: nothing was published for the shop since.
+    """
+    columns = ", ".join(("entity", "entity_order", *LEDGER_COLUMNS))
+    carried = ", ".join(("entity", "entity_order", *LEDGER_COLUMNS[:5], "0", "0", "valid_rows"))
+    cur.execute("delete from loader_registry.run_ledger where run_id = %s", (run_id,))
+    cur.execute(f"insert into loader_registry.run_ledger (run_id, {columns})"
+                f" select %s, {carried} from loader_registry.run_ledger where run_id = %s", (run_id, previous))
+    exception_columns = ", ".join(EXCEPTION_COLUMNS)
+    cur.execute("delete from loader_registry.run_exceptions where run_id = %s", (run_id,))
+    cur.execute(f"insert into loader_registry.run_exceptions (run_id, {exception_columns})"
+                f" select %s, {exception_columns} from loader_registry.run_exceptions where run_id = %s",
+                (run_id, previous))

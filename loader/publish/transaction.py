@@ -9,8 +9,9 @@ transaction, so a failure anywhere leaves production exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,13 +229,20 @@ class Publisher:
         except psycopg2.Error as exc:
             self._failure = PublishError(
                 f"publishing {entity} failed, nothing was published: {exc.pgerror or exc}".strip())
+            # Kept as the cause, so that a dropped connection is seen to be one (and retried).
+            self._failure.__cause__ = exc
         except PublishError as exc:
             self._failure = exc
 
-    def finish(self, *, commit: bool) -> list[EntityPublished]:
+    def finish(
+        self, *, commit: bool, before_commit: Callable[[psycopg2.extensions.cursor], None] | None = None
+    ) -> list[EntityPublished]:
         """Wait for the plans to be applied, then commit them all (when `commit`) or roll every one back.
 
-        Raises PublishError when committing was asked for and could not be done.
+        `before_commit(cursor)` writes, in the same transaction, what must be
+        true exactly when production is (the run's status and ledger); if it
+        raises, nothing is published. Raises PublishError when committing was
+        asked for and could not be done.
         """
         with self._ready:
             self._build_ended = True
@@ -253,6 +261,8 @@ class Publisher:
             with self._conn.cursor() as cur:
                 plans = {e.name: self._plans[f"publish_{e.name}"] for e in self._contract.entities}
                 _check_references(cur, self._contract, plans, self._key, lock_parents=self._triggers_skipped)
+                if before_commit is not None:
+                    before_commit(cur)
             self._conn.commit()
             return self._done
         except psycopg2.Error as exc:
@@ -380,7 +390,34 @@ def _check_references(
 
 
 def ensure_production(conn: psycopg2.extensions.connection, contract: Contract) -> None:
-    """Create the contract's production tables if they are not there (idempotent DDL)."""
+    """Create or update the contract's production tables, once per version of its DDL.
+
+    DDL, even `create index if not exists` on an index that exists, takes
+    locks that wait for every open publish of every shop: run on each load,
+    it would make loads of different shops wait for each other. So the DDL
+    runs only when its digest differs from the one recorded last.
+    """
+    ddl = contract.production_ddl.read_text(encoding="utf-8")
+    digest = hashlib.sha256(ddl.encode()).hexdigest()
+    with conn, conn.cursor() as cur:
+        if _production_digest(cur, contract) == digest:
+            return
     with conn, conn.cursor() as cur:
         cur.execute("select pg_advisory_xact_lock(hashtext('loader production ddl'))")
-        cur.execute(contract.production_ddl.read_text(encoding="utf-8"))
+        if _production_digest(cur, contract) == digest:
+            return
+        cur.execute(ddl)
+        cur.execute(
+            "insert into loader_registry.production_version (contract, digest) values (%s, %s)"
+            " on conflict (contract) do update set digest = excluded.digest, applied_at = clock_timestamp()",
+            (contract.name, digest),
+        )
+
+
+def _production_digest(cur: psycopg2.extensions.cursor, contract: Contract) -> str | None:
+    """The digest applied last, if its schema is still there (someone may have dropped it by hand)."""
+    cur.execute("select digest from loader_registry.production_version where contract = %s"
+                " and exists (select from pg_namespace where nspname = %s)",
+                (contract.name, contract.production_schema))
+    row = cur.fetchone()
+    return str(row[0]) if row else None

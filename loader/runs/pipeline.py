@@ -1,4 +1,12 @@
-"""One run of one load folder: verify, land, and record what happened."""
+"""One run of one load, from its kept files: verify, land, validate and publish, and record what happened.
+
+A run is executed by whoever took it from the queue (a worker, or `loader
+run` in the foreground) and holds its lease. Every status it writes is fenced
+by that lease, and its outcome (status, ledger, exceptions) is committed in
+the same transaction as its publish: a worker killed at any point leaves
+either a run still `running` (taken back when its lease runs out) or a run
+whose record says exactly what it did.
+"""
 
 from __future__ import annotations
 
@@ -12,40 +20,46 @@ import psycopg2.extensions
 
 from loader.contracts import Contract
 from loader.database import Warehouse
+from loader.dbt.relations import Relation
 from loader.dbt.runner import dbt_build
 from loader.formats.header import CsvFileError
-from loader.intake.load_key import LoadKey
-from loader.intake.manifest import DEFAULT_CONTRACT, Problem, Verification, record_count_problems, verify_folder
+from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.manifest import Problem, Verification, record_count_problems, verify_folder
 from loader.intake.partners import PartnersFile
 from loader.landing.raw_copy import LandingError
 from loader.landing.spool import LandedFile, load, preload_unless_landed, prepare
 from loader.publish.identical_rerun import carry_over, fingerprint, previous_identical_run
 from loader.publish.transaction import Publisher, PublishError, ensure_production
+from loader.runs import faults
 from loader.runs.progress import Progress
+from loader.runs.queue import ClaimedRun, Heartbeat, hold_lease, run_connection_name
 from loader.runs.registry import (
     RunStatus,
-    ensure_registry,
     exception_counts,
+    move,
     record_problems,
     record_run_files,
-    set_dbt_context,
-    set_fingerprint,
-    set_status,
+    save_audit,
+    set_build_context,
     shop_lock,
-    start_run,
-    transform_lock,
 )
+from loader.runs.retry import TransientFailure, is_transient, transient_dbt_failure
+from loader.runs.slots import Slot, build_slot
 
 log = logging.getLogger(__name__)
 
 EXIT_CODES: dict[str, int] = {"completed": 0, "failed": 1, "rejected": 2, "needs_review": 3}
 
 
+class LeaseLost(RuntimeError):
+    """The worker no longer holds the run: it was given up for dead and the run taken back."""
+
+
 @dataclass
 class RunOutcome:
     run_id: int
     status: RunStatus
-    verification: Verification
+    verification: Verification | None
     landed: list[LandedFile] = field(default_factory=list)
     message: str | None = None
 
@@ -54,165 +68,212 @@ class RunOutcome:
         return EXIT_CODES.get(self.status, 1)
 
 
-def _parts_of(folder: Path) -> tuple[str, str, str]:
-    """The would-be load key of a refused path, for the registry only (stored as data)."""
-    parts = ["?", "?", "?", *os.fspath(folder).rstrip("/").split("/")]
-    return parts[-3], parts[-2], parts[-1]
+@dataclass(frozen=True)
+class Runner:
+    """What a process needs to execute runs it took from the queue."""
+
+    warehouse: Warehouse
+    partners: PartnersFile
+    home: Path
+    worker: str
+    progress: Progress
+    lease_seconds: float = 30.0
+    land_workers: int = 2
+    # Off for the landing benchmark and `loader run --land-only`: verify and land only.
+    transform: bool = True
 
 
-def _refuse(
-    conn: psycopg2.extensions.connection, run_id: int, verification: Verification, problems: list[Problem]
-) -> RunOutcome:
-    verification.refusals += problems
-    record_problems(conn, run_id, verification.refusals + verification.findings)
-    reason = f"refused: {len(verification.refusals)} problem(s) with the folder"
-    set_status(conn, run_id, "rejected", reason, error_count=len(verification.refusals))
-    return RunOutcome(run_id, "rejected", verification, message=reason)
+@dataclass
+class _Run:
+    """One execution of a claimed run: its connection and the worker that holds it."""
+
+    runner: Runner
+    claimed: ClaimedRun
+    conn: psycopg2.extensions.connection
+    warehouse: Warehouse
+
+    @property
+    def run_id(self) -> int:
+        return self.claimed.run_id
+
+    def set(self, status: RunStatus, detail: str | None, *, errors: int | None = None,
+            warnings: int | None = None, cur: psycopg2.extensions.cursor | None = None) -> None:
+        """Move the run, only while this worker holds it; raises LeaseLost otherwise."""
+        if cur is not None:
+            moved = move(cur, self.run_id, status, detail, error_count=errors, warning_count=warnings,
+                         owner=self.runner.worker)
+        else:
+            with self.conn, self.conn.cursor() as own:
+                moved = move(own, self.run_id, status, detail, error_count=errors, warning_count=warnings,
+                             owner=self.runner.worker)
+        if not moved:
+            raise LeaseLost(f"run {self.run_id} was taken back from worker {self.runner.worker}")
 
 
-def run_load(
-    warehouse: Warehouse,
-    partners: PartnersFile,
-    folder: Path,
-    *,
-    triggered_by: str,
-    progress: Progress,
-    home: Path,
-    land_workers: int = 2,
-    transform: bool = True,
-) -> RunOutcome:
-    """Verify, land, then (unless `transform` is off, as for the landing benchmark) validate and publish."""
-    ensure_registry(warehouse)
-    with contextlib.closing(warehouse.connect()) as conn:
-        progress.status(f"verifying {folder}")
-        preload_unless_landed(conn, folder)
-        # Record counts are checked below, from the landing parse, before anything is written.
-        verification = verify_folder(folder, partners.for_partner, count_records=False,
-                                     on_file=lambda name: progress.status(f"checking {name}"))
-        contract_name = verification.contract.name if verification.contract else DEFAULT_CONTRACT
-        parts = (
-            (verification.key.partner_id, verification.key.shop_id, verification.key.load_id)
-            if verification.key else _parts_of(folder)
-        )
-        run_id = start_run(conn, parts, contract_name, triggered_by, os.fspath(folder.absolute()))
+def execute(runner: Runner, claimed: ClaimedRun) -> RunOutcome:
+    """Execute a run this process took from the queue (and holds the lease of).
+
+    Raises TransientFailure for what may pass (a lost connection, a full
+    disk), LeaseLost when the run was taken back; records every other outcome.
+    """
+    warehouse = runner.warehouse.named(run_connection_name(claimed.run_id))
+    with contextlib.closing(warehouse.connect()) as conn, \
+            Heartbeat(warehouse, claimed.run_id, runner.worker, runner.lease_seconds):
+        run = _Run(runner, claimed, conn, warehouse)
         try:
-            return _run_started(warehouse, conn, partners, folder, run_id, verification, progress=progress,
-                                home=home, land_workers=land_workers, transform=transform)
+            return _execute(run)
+        except (LeaseLost, TransientFailure):
+            raise
         except Exception as exc:
-            # A bug or an unforeseen failure: the run must not stay `running` after this process ends.
-            log.debug("run %s failed unexpectedly", run_id, exc_info=True)
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            _fail_quietly(conn, run_id, message)
-            return RunOutcome(run_id, "failed", verification, message=message)
-        except BaseException:
-            _fail_quietly(conn, run_id, "interrupted: the loader was stopped during the run")
+            if is_transient(exc):
+                raise TransientFailure(_describe(exc)) from exc
             raise
 
 
-def _fail_quietly(conn: psycopg2.extensions.connection, run_id: int, message: str) -> None:
-    """Record a run as failed on the way out of an error; the connection may be broken, so try a fresh state."""
-    try:
-        conn.rollback()
-        set_status(conn, run_id, "failed", message[:4000])
-    except psycopg2.Error:
-        log.warning("could not record run %s as failed: the database connection is gone", run_id)
+def _describe(exc: BaseException) -> str:
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def _run_started(
-    warehouse: Warehouse,
-    conn: psycopg2.extensions.connection,
-    partners: PartnersFile,
-    folder: Path,
-    run_id: int,
-    verification: Verification,
-    *,
-    progress: Progress,
-    home: Path,
-    land_workers: int,
-    transform: bool,
-) -> RunOutcome:
+def _forget_earlier_attempt(conn: psycopg2.extensions.connection, run_id: int) -> None:
+    """What an earlier attempt of this run recorded about its files: this attempt finds it again."""
+    with conn, conn.cursor() as cur:
+        for table in ("run_problems", "run_files", "run_ledger", "run_exceptions"):
+            cur.execute(f"delete from loader_registry.{table} where run_id = %s", (run_id,))
+
+
+def _execute(run: _Run) -> RunOutcome:
+    runner, conn = run.runner, run.conn
+    _forget_earlier_attempt(conn, run.run_id)
+    folder = Path(run.claimed.source_path or "")
+    if not run.claimed.source_path or not folder.is_dir():
+        message = f"the kept files of this run are gone: {folder} is not a folder"
+        run.set("failed", message)
+        return RunOutcome(run.run_id, "failed", None, message=message)
+    runner.progress.status(f"verifying {folder}")
+    preload_unless_landed(conn, folder)
+    # Record counts are checked below, from the landing parse, before anything is written.
+    verification = verify_folder(folder, runner.partners.for_partner, count_records=False,
+                                 on_file=lambda name: runner.progress.status(f"checking {name}"))
+    faults.reach("verified")
     if not verification.ok:
         # A refused folder is not landed, so count its records here to report every problem at once.
-        verification = verify_folder(folder, partners.for_partner, count_records=True)
-        return _refuse(conn, run_id, verification, [])
-
+        verification = verify_folder(folder, runner.partners.for_partner, count_records=True)
+        return _refuse(run, verification, [])
     assert verification.key is not None and verification.contract is not None
     key, contract = verification.key, verification.contract
-    settings = partners.for_partner(key.partner_id)
-    with contextlib.closing(warehouse.connect()) as lock_conn, shop_lock(lock_conn, key):
+    if contract.name != run.claimed.contract:
+        with conn, conn.cursor() as cur:
+            cur.execute("update loader_registry.runs set contract = %s where run_id = %s",
+                        (contract.name, run.run_id))
+    settings = runner.partners.for_partner(key.partner_id)
+    with contextlib.closing(run.warehouse.connect()) as lock_conn, shop_lock(lock_conn, key), \
+            build_slot(lock_conn, runner.home) as slot:
         try:
-            prepared = prepare(conn, key, verification.files, settings.encoding, land_workers, progress)
+            prepared = prepare(conn, key, verification.files, settings.encoding, runner.land_workers,
+                               runner.progress, slot.scratch)
         except CsvFileError as exc:
-            return _refuse(conn, run_id, verification,
-                           [Problem("csv", f"cannot be read as CSV: {exc}", file=exc.file_name)])
+            return _refuse(run, verification, [Problem("csv", f"cannot be read as CSV: {exc}", file=exc.file_name)])
         counts = [p for pf in prepared.files for p in record_count_problems(pf.file, pf.records)]
         if counts:
             prepared.discard()
-            return _refuse(conn, run_id, verification, counts)
+            return _refuse(run, verification, counts)
 
-        record_problems(conn, run_id, verification.findings)
+        record_problems(conn, run.run_id, verification.findings)
         try:
-            landed = load(warehouse, conn, contract, key, prepared, land_workers, progress)
+            landed = load(run.warehouse, conn, contract, key, prepared, runner.land_workers, runner.progress,
+                          slot.scratch)
         except LandingError as exc:
+            if is_transient(exc):
+                raise TransientFailure(str(exc)) from exc
             log.debug("landing failed", exc_info=True)
-            return _failed(conn, run_id, verification, [], str(exc))
-        record_run_files(conn, run_id, [(lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
-                                        for lf, vf in zip(landed, verification.files, strict=True)])
-        if not transform:
+            return _failed(run, verification, [], str(exc))
+        record_run_files(conn, run.run_id, [(lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
+                                            for lf, vf in zip(landed, verification.files, strict=True)])
+        if not runner.transform:
             errors, warnings = _finding_counts(verification)
             errors += sum(lf.problem_rows for lf in landed)
-            set_status(conn, run_id, "completed", f"landed in {contract.raw_dataset} (not transformed)",
-                       error_count=errors, warning_count=warnings)
-            return RunOutcome(run_id, "completed", verification, landed)
-        return _transform_and_publish(warehouse, conn, lock_conn, contract, key, run_id, verification, landed,
-                                      settings.encoding, settings.date_format, home, progress)
+            run.set("completed", f"landed in {contract.raw_dataset} (not transformed)", errors=errors,
+                    warnings=warnings)
+            return RunOutcome(run.run_id, "completed", verification, landed)
+        return _transform_and_publish(run, contract, key, verification, landed, settings.encoding,
+                                      settings.date_format, slot)
+
+
+def _refuse(run: _Run, verification: Verification, problems: list[Problem]) -> RunOutcome:
+    verification.refusals += problems
+    record_problems(run.conn, run.run_id, verification.refusals + verification.findings)
+    reason = f"refused: {len(verification.refusals)} problem(s) with the folder"
+    run.set("rejected", reason, errors=len(verification.refusals))
+    return RunOutcome(run.run_id, "rejected", verification, message=reason)
 
 
 def _transform_and_publish(
-    warehouse: Warehouse,
-    conn: psycopg2.extensions.connection,
-    lock_conn: psycopg2.extensions.connection,
+    run: _Run,
     contract: Contract,
     key: LoadKey,
-    run_id: int,
     verification: Verification,
     landed: list[LandedFile],
     encoding: str,
     date_format: str | None,
-    home: Path,
-    progress: Progress,
+    slot: Slot,
 ) -> RunOutcome:
-    """dbt build (validate, map, plan, audit), publishing each plan in one transaction that commits after it."""
+    """dbt build (validate, map, plan, audit) in the slot's relations, each plan published as it is built.
+
+    The publish commits after the build, in one transaction with the run's
+    ledger, exceptions and `completed` status.
+    """
+    conn, worker = run.conn, run.runner.worker
     ensure_production(conn, contract)
-    target = home / "dbt" / "target"
     digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format)
-    # dbt's staging, intermediate and plan relations are shared by all loads, so one build at a time.
-    with transform_lock(lock_conn):
-        previous = previous_identical_run(conn, key, run_id, digest)
-        if previous is not None:
-            try:
-                carry_over(conn, target, previous, run_id, key)
-            except PublishError:
-                previous = None
-        if previous is None:
-            progress.status(f"validating and mapping with dbt, publishing into {contract.production_schema}")
-            set_dbt_context(conn, run_id, key, date_format)
-            with contextlib.closing(warehouse.connect()) as publish_conn:
-                publisher = Publisher(publish_conn, contract, key)
-                publisher.start()
-                outcome = dbt_build(warehouse, home, on_model_built=publisher.model_built)
-                try:
-                    publisher.finish(commit=outcome.success)
-                except PublishError as exc:
-                    return _failed(conn, run_id, verification, landed, str(exc), target)
-            if not outcome.success:
-                return _failed(conn, run_id, verification, landed, outcome.summary(), target)
-        set_fingerprint(conn, run_id, digest)
-    errors, warnings = exception_counts(conn, target, run_id)
-    message = (f"identical to run {previous}: every valid row unchanged, nothing to publish" if previous
-               else f"published into {contract.production_schema}")
-    set_status(conn, run_id, "completed", message, error_count=errors, warning_count=warnings)
-    return RunOutcome(run_id, "completed", verification, landed, message=message if previous else None)
+    previous = previous_identical_run(conn, key, run.run_id, digest)
+    if previous is not None:
+        message = f"identical to run {previous}: every valid row unchanged, nothing to publish"
+        with conn, conn.cursor() as cur:
+            if not hold_lease(cur, run.run_id, worker):
+                raise LeaseLost(f"run {run.run_id} was taken back from worker {worker}")
+            carry_over(cur, previous, run.run_id)
+            _complete(run, cur, digest, message)
+        return RunOutcome(run.run_id, "completed", verification, landed, message=message)
+
+    run.runner.progress.status(f"validating and mapping with dbt, publishing into {contract.production_schema}")
+    set_build_context(conn, slot.number, run.run_id, key, date_format)
+    message = f"published into {contract.production_schema}"
+
+    def record_outcome(cur: psycopg2.extensions.cursor) -> None:
+        if not hold_lease(cur, run.run_id, worker):
+            raise LeaseLost(f"run {run.run_id} was taken back from worker {worker}; nothing was published")
+        save_audit(cur, slot.target_dir, run.run_id)
+        _complete(run, cur, digest, message)
+        faults.reach("publish")
+
+    def model_built(model: str, relation: Relation) -> None:
+        faults.reach("dbt")
+        publisher.model_built(model, relation)
+
+    with contextlib.closing(run.warehouse.connect()) as publish_conn:
+        publisher = Publisher(publish_conn, contract, key)
+        publisher.start()
+        outcome = dbt_build(run.warehouse, slot, on_model_built=model_built)
+        transient = transient_dbt_failure(outcome)
+        try:
+            publisher.finish(commit=outcome.success, before_commit=record_outcome)
+            faults.reach("committed")
+        except PublishError as exc:
+            if is_transient(exc):
+                raise TransientFailure(str(exc)) from exc
+            return _failed(run, verification, landed, str(exc), slot)
+    if transient is not None:
+        raise TransientFailure(transient)
+    if not outcome.success:
+        return _failed(run, verification, landed, outcome.summary(), slot)
+    return RunOutcome(run.run_id, "completed", verification, landed)
+
+
+def _complete(run: _Run, cur: psycopg2.extensions.cursor, digest: str, message: str) -> None:
+    cur.execute("update loader_registry.runs set fingerprint = %s where run_id = %s", (digest, run.run_id))
+    errors, warnings = exception_counts(cur, run.run_id)
+    run.set("completed", message, errors=errors, warnings=warnings, cur=cur)
 
 
 def _finding_counts(verification: Verification) -> tuple[int, int]:
@@ -222,19 +283,31 @@ def _finding_counts(verification: Verification) -> tuple[int, int]:
 
 
 def _failed(
-    conn: psycopg2.extensions.connection,
-    run_id: int,
+    run: _Run,
     verification: Verification,
     landed: list[LandedFile],
     message: str,
-    target: Path | None = None,
+    slot: Slot | None = None,
 ) -> RunOutcome:
     """Record a failed run with what it found: its exception rows where dbt got that far, else its file findings."""
-    errors, warnings = exception_counts(conn, target, run_id) if target is not None else (0, 0)
-    if errors == warnings == 0:
-        errors, warnings = _finding_counts(verification)
-    set_status(conn, run_id, "failed", message[:4000], error_count=errors, warning_count=warnings)
-    return RunOutcome(run_id, "failed", verification, landed, message=message)
+    with run.conn, run.conn.cursor() as cur:
+        if slot is not None:
+            save_audit(cur, slot.target_dir, run.run_id)
+        errors, warnings = exception_counts(cur, run.run_id)
+        if errors == warnings == 0:
+            errors, warnings = _finding_counts(verification)
+        run.set("failed", message[:4000], errors=errors, warnings=warnings, cur=cur)
+    return RunOutcome(run.run_id, "failed", verification, landed, message=message)
+
+
+def parts_of(folder: Path) -> tuple[str, str, str]:
+    """The would-be load key of a refused path, for the registry only (stored as data)."""
+    try:
+        key = LoadKey.from_folder(folder)
+    except LoadKeyError:
+        parts = ["?", "?", "?", *os.fspath(folder).rstrip("/").split("/")]
+        return parts[-3], parts[-2], parts[-1]
+    return key.partner_id, key.shop_id, key.load_id
 
 
 def describe_problems(problems: list[Problem]) -> list[str]:

@@ -79,9 +79,9 @@ def start_run(
     triggered_by: str,
     source_path: str | None,
     *,
-    start: bool = True,
+    submitted_from: str | None = None,
 ) -> int:
-    """Register a run, `queued`, and (with `start`, for a run in the foreground) take it up at once.
+    """Register a run, `queued`, with the folder of its kept files.
 
     `parts` may be unchecked text from a refused path: it is only ever stored
     as data, cut to a sane length.
@@ -90,17 +90,73 @@ def start_run(
     with conn, conn.cursor() as cur:
         cur.execute(
             "insert into loader_registry.runs (partner_id, shop_id, load_id, contract, status, triggered_by,"
-            " source_path) values (%s, %s, %s, %s, 'queued', %s, %s) returning run_id",
-            (partner, shop, load, contract, storable(triggered_by), storable(source_path)),
+            " source_path, submitted_from) values (%s, %s, %s, %s, 'queued', %s, %s, %s) returning run_id",
+            (partner, shop, load, contract, storable(triggered_by), storable(source_path), storable(submitted_from)),
         )
         run_id = int(one_row(cur)[0])
         cur.execute(
             "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, 'queued', %s)",
             (run_id, storable(f"queued by {triggered_by}")),
         )
-    if start:
-        set_status(conn, run_id, "running", f"started by {triggered_by}")
+        # Idle workers wait on this channel, so a submitted run starts at once rather than at the next poll.
+        cur.execute("select pg_notify('loader_queue', %s)", (str(run_id),))
     return run_id
+
+
+def move(
+    cur: psycopg2.extensions.cursor,
+    run_id: int,
+    status: RunStatus,
+    detail: str | None = None,
+    *,
+    error_count: int | None = None,
+    warning_count: int | None = None,
+    owner: str | None = None,
+    not_before: float | None = None,
+) -> bool:
+    """Move a run to `status` inside the caller's transaction; the database refuses a move not allowed.
+
+    With `owner`, only while that worker holds the run's lease: a worker that
+    was given up for dead (and whose run another worker took) moves nothing.
+    Returns whether the run moved. `not_before` (seconds from now) delays a
+    queued run's next start.
+    """
+    detail = storable(detail)
+    cur.execute(
+        """
+        update loader_registry.runs as r set
+            status = %(status)s,
+            started_at = case %(status)s when 'running' then clock_timestamp() when 'queued' then null
+                         else r.started_at end,
+            -- A rerun joins the back of its shop's queue; a run taken back keeps its place.
+            queued_at = case when %(status)s = 'queued' and r.status <> 'running' then clock_timestamp()
+                        else r.queued_at end,
+            attempts = case when %(status)s = 'queued' and r.status <> 'running' then 0
+                       else r.attempts + (%(status)s = 'running')::int end,
+            not_before = case when %(status)s = 'queued' and %(delay)s::float8 is not null
+                         then clock_timestamp() + make_interval(secs => %(delay)s::float8) end,
+            completed_at = case when %(final)s then clock_timestamp() end,
+            message = coalesce(%(detail)s, r.message),
+            error_count = coalesce(%(errors)s, r.error_count),
+            warning_count = coalesce(%(warnings)s, r.warning_count)
+        where r.run_id = %(run_id)s and (%(owner)s::text is null or (r.status = 'running' and exists (
+            select from loader_registry.run_leases as l where l.run_id = r.run_id and l.worker = %(owner)s
+        )))
+        """,
+        {"status": status, "final": status in FINAL_STATUSES, "detail": detail, "errors": error_count,
+         "warnings": warning_count, "run_id": run_id, "owner": owner, "delay": not_before},
+    )
+    if cur.rowcount == 0:
+        return False
+    cur.execute(
+        "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, %s, %s)",
+        (run_id, status, detail),
+    )
+    if status != "running":
+        cur.execute("delete from loader_registry.run_leases where run_id = %s", (run_id,))
+    if status == "queued":
+        cur.execute("select pg_notify('loader_queue', %s)", (str(run_id),))
+    return True
 
 
 def set_status(
@@ -111,28 +167,13 @@ def set_status(
     *,
     error_count: int | None = None,
     warning_count: int | None = None,
-) -> None:
-    detail = storable(detail)
+    owner: str | None = None,
+    not_before: float | None = None,
+) -> bool:
+    """`move` in a transaction of its own."""
     with conn, conn.cursor() as cur:
-        cur.execute(
-            """
-            update loader_registry.runs set
-                status = %(status)s,
-                started_at = case when %(status)s = 'running' then clock_timestamp() else started_at end,
-                attempts = attempts + (%(status)s = 'running')::int,
-                completed_at = case when %(final)s then clock_timestamp() end,
-                message = coalesce(%(detail)s, message),
-                error_count = coalesce(%(errors)s, error_count),
-                warning_count = coalesce(%(warnings)s, warning_count)
-            where run_id = %(run_id)s
-            """,
-            {"status": status, "final": status in FINAL_STATUSES, "detail": detail, "errors": error_count,
-             "warnings": warning_count, "run_id": run_id},
-        )
-        cur.execute(
-            "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, %s, %s)",
-            (run_id, status, detail),
-        )
+        return move(cur, run_id, status, detail, error_count=error_count, warning_count=warning_count, owner=owner,
+                    not_before=not_before)
 
 
 def set_fingerprint(conn: psycopg2.extensions.connection, run_id: int, digest: str) -> None:
@@ -140,17 +181,17 @@ def set_fingerprint(conn: psycopg2.extensions.connection, run_id: int, digest: s
         cur.execute("update loader_registry.runs set fingerprint = %s where run_id = %s", (digest, run_id))
 
 
-def set_dbt_context(
-    conn: psycopg2.extensions.connection, run_id: int, key: LoadKey, date_format: str | None
+def set_build_context(
+    conn: psycopg2.extensions.connection, slot: int, run_id: int, key: LoadKey, date_format: str | None
 ) -> None:
-    """Name the load the next dbt build validates (call it under the transform lock)."""
+    """Name the load that the next dbt build of worker slot `slot` validates."""
     with conn, conn.cursor() as cur:
         cur.execute(
-            "insert into loader_registry.dbt_context (run_id, partner_id, shop_id, load_id, date_format)"
-            " values (%s, %s, %s, %s, %s) on conflict (singleton) do update set run_id = excluded.run_id,"
+            "insert into loader_registry.build_context (slot, run_id, partner_id, shop_id, load_id, date_format)"
+            " values (%s, %s, %s, %s, %s, %s) on conflict (slot) do update set run_id = excluded.run_id,"
             " partner_id = excluded.partner_id, shop_id = excluded.shop_id, load_id = excluded.load_id,"
             " date_format = excluded.date_format, set_at = clock_timestamp()",
-            (run_id, key.partner_id, key.shop_id, key.load_id, date_format),
+            (slot, run_id, key.partner_id, key.shop_id, key.load_id, date_format),
         )
 
 
@@ -196,14 +237,17 @@ def run_history(conn: psycopg2.extensions.connection, run_id: int) -> list[Histo
         return [HistoryEntry(status=s, at=at, message=m) for s, at, m in cur.fetchall()]
 
 
-def kept_source(conn: psycopg2.extensions.connection, key: LoadKey) -> str | None:
-    """The folder a load's latest run read, where a rerun finds its files; None for an unknown load."""
+def run_record(conn: psycopg2.extensions.connection, run_id: int) -> RunRecord | None:
     with conn, conn.cursor() as cur:
-        cur.execute(
-            "select source_path from loader_registry.runs where partner_id = %s and shop_id = %s and load_id = %s"
-            " and source_path is not null order by run_id desc limit 1",
-            (key.partner_id, key.shop_id, key.load_id),
-        )
+        cur.execute(f"select {_RUN_COLUMNS} from loader_registry.runs where run_id = %s", (run_id,))
+        row = cur.fetchone()
+    return _record(row) if row else None
+
+
+def kept_files(conn: psycopg2.extensions.connection, run_id: int) -> str | None:
+    """The folder of a run's kept files."""
+    with conn, conn.cursor() as cur:
+        cur.execute("select source_path from loader_registry.runs where run_id = %s", (run_id,))
         row = cur.fetchone()
     return row[0] if row else None
 
@@ -230,53 +274,61 @@ def latest_run(conn: psycopg2.extensions.connection, key: LoadKey) -> RunRecord 
     return _record(row) if row else None
 
 
-def exception_counts(conn: psycopg2.extensions.connection, target_dir: Path, run_id: int) -> tuple[int, int]:
-    """(errors, warnings) in the run's exception report."""
-    with conn, conn.cursor() as cur:
-        relation = built_relation(cur, target_dir, "exceptions")
+LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows", "warning_rows",
+                  "inserted", "updated", "unchanged")
+EXCEPTION_COLUMNS = ("entity", "row_number", "line_number", "field", "rule", "severity", "value", "message")
+
+
+def save_audit(cur: psycopg2.extensions.cursor, target_dir: Path, run_id: int) -> None:
+    """Copy the run's ledger and exceptions from its dbt build into the registry (in the caller's transaction).
+
+    A model dbt did not get to (a failed build) leaves its part out; a run
+    that runs again replaces what it saved before.
+    """
+    for model, table, columns in (("ledger", "run_ledger", ("entity_order", *LEDGER_COLUMNS)),
+                                  ("exceptions", "run_exceptions", EXCEPTION_COLUMNS)):
+        registry_table = sql.Identifier("loader_registry", table)
+        cur.execute(sql.SQL("delete from {} where run_id = %s").format(registry_table), (run_id,))
+        relation = built_relation(cur, target_dir, model)
         if relation is None:
-            return 0, 0
+            continue
+        if model == "ledger":
+            columns = ("entity", *columns)
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in ("run_id", *columns))
         cur.execute(
-            sql.SQL("select count(*) filter (where severity = 'error'), count(*) filter (where severity = 'warning')"
-                    " from {} where run_id = %s").format(relation.ident()),
+            sql.SQL("insert into {table} ({cols}) select {cols} from {built} where run_id = %s").format(
+                table=registry_table, cols=cols, built=relation.ident()),
             (run_id,),
         )
-        errors, warnings = one_row(cur)
+
+
+def exception_counts(cur: psycopg2.extensions.cursor, run_id: int) -> tuple[int, int]:
+    """(errors, warnings) in the run's saved exception report."""
+    cur.execute(
+        "select count(*) filter (where severity = 'error'), count(*) filter (where severity = 'warning')"
+        " from loader_registry.run_exceptions where run_id = %s",
+        (run_id,),
+    )
+    errors, warnings = one_row(cur)
     return int(errors), int(warnings)
 
 
 @contextlib.contextmanager
-def transform_lock(conn: psycopg2.extensions.connection) -> Iterator[None]:
-    """One dbt build and publish at a time across all loads."""
+def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey) -> Iterator[None]:
+    """Hold the shop's advisory lock for the duration: two loads of one shop never run at once.
+
+    The queue already gives a shop's runs out one at a time; this also holds
+    against a worker that was given up for dead but still runs.
+    """
+    lock_key = f"loader shop {key.partner_id}/{key.shop_id}"
     with conn.cursor() as cur:
-        cur.execute("select pg_advisory_lock(hashtextextended('loader transform', 0))")
+        cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (lock_key,))
     conn.commit()
     try:
         yield
     finally:
-        with conn.cursor() as cur:
-            cur.execute("select pg_advisory_unlock(hashtextextended('loader transform', 0))")
-        conn.commit()
-
-
-@contextlib.contextmanager
-def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey, wait: bool = True) -> Iterator[bool]:
-    """Hold the shop's advisory lock for the duration: two loads of one shop never run at once."""
-    lock_key = f"loader shop {key.partner_id}/{key.shop_id}"
-    with conn.cursor() as cur:
-        if wait:
-            cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (lock_key,))
-            got = True
-        else:
-            cur.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (lock_key,))
-            got = bool(one_row(cur)[0])
-    conn.commit()
-    try:
-        yield got
-    finally:
-        if got:
-            with conn.cursor() as cur:
-                cur.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key,))
+        with contextlib.suppress(psycopg2.Error), conn.cursor() as cur:
+            cur.execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (lock_key,))
             conn.commit()
 
 

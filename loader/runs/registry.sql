@@ -165,17 +165,80 @@ create table if not exists loader_registry.run_files (
     primary key (run_id, entity)
 );
 
--- The load that the loader's next dbt build validates (dbt macro sms_load_context):
--- one row, replaced before each build under the transform lock. dbt reads it at
--- run time, so the loader passes no vars and dbt's parse stays cached.
-create table if not exists loader_registry.dbt_context (
-    singleton boolean primary key default true check (singleton),
+-- The load that each worker slot's next dbt build validates (dbt macro
+-- sms_load_context): one row per slot, replaced before each of its builds. dbt
+-- reads it at run time, so the loader passes no vars and dbt's parse stays
+-- cached. Slot 1 is also the one a build by hand reads (LOADER_DBT_SLOT unset).
+drop table if exists loader_registry.dbt_context;
+create table if not exists loader_registry.build_context (
+    slot integer primary key check (slot >= 1),
     run_id bigint not null references loader_registry.runs (run_id),
     partner_id text not null,
     shop_id text not null,
     load_id text not null,
     date_format text,
     set_at timestamptz not null default clock_timestamp()
+);
+
+-- A run being worked on is leased to one worker, which renews the lease while
+-- it lives. A lease not renewed within the lease time means the worker is gone
+-- (killed, machine lost, connection dropped): its run is taken back. Kept in
+-- its own table so that renewing never waits on a lock of the run's row.
+create table if not exists loader_registry.run_leases (
+    run_id bigint primary key references loader_registry.runs (run_id),
+    worker text not null,
+    backend_pid integer not null,
+    taken_at timestamptz not null default clock_timestamp(),
+    heartbeat_at timestamptz not null default clock_timestamp()
+);
+
+-- Where the run's kept files are (the product's inbox) and where they came from.
+alter table loader_registry.runs add column if not exists submitted_from text;
+-- A run retried after a transient failure waits until then (backoff with jitter).
+alter table loader_registry.runs add column if not exists not_before timestamptz;
+
+-- The queue: the first queued run of each shop, in submission order.
+create index if not exists runs_queue on loader_registry.runs (partner_id, shop_id, queued_at, run_id)
+where status in ('queued', 'running', 'needs_review');
+
+-- Each run's ledger and exception report, copied from its dbt build in the
+-- same transaction that publishes it (or, for a run that is not published,
+-- when its build ends): what a run did is recorded exactly when it is done,
+-- whichever worker slot built it.
+create table if not exists loader_registry.run_ledger (
+    run_id bigint not null references loader_registry.runs (run_id),
+    entity text not null,
+    entity_order integer not null,
+    manifest_rows bigint not null,
+    landed_rows bigint not null,
+    valid_rows bigint not null,
+    rejected_rows bigint not null,
+    warning_rows bigint not null,
+    inserted bigint not null,
+    updated bigint not null,
+    unchanged bigint not null,
+    primary key (run_id, entity)
+);
+
+create table if not exists loader_registry.run_exceptions (
+    run_id bigint not null references loader_registry.runs (run_id),
+    entity text not null,
+    row_number bigint not null,
+    line_number bigint not null,
+    field text not null,
+    rule text not null,
+    severity text not null,
+    value text,
+    message text not null
+);
+
+create index if not exists run_exceptions_run on loader_registry.run_exceptions (run_id, entity, row_number);
+
+-- The digest of each contract's production DDL as applied last (loader/contracts/*.sql).
+create table if not exists loader_registry.production_version (
+    contract text primary key,
+    digest text not null,
+    applied_at timestamptz not null default clock_timestamp()
 );
 
 -- The digest of the version of this file that was applied last.

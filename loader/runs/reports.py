@@ -6,35 +6,24 @@ import csv
 import datetime as dt
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import load_contract
-from loader.dbt.relations import built_relation
 from loader.intake.load_key import LoadKey
-from loader.runs.registry import RunRecord, latest_run
-
-LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows", "warning_rows",
-                  "inserted", "updated", "unchanged")
-EXCEPTION_COLUMNS = ("entity", "row_number", "line_number", "field", "rule", "severity", "value", "message")
+from loader.runs.registry import EXCEPTION_COLUMNS, LEDGER_COLUMNS, RunRecord, latest_run
 
 
-def ledger(
-    conn: psycopg2.extensions.connection, target_dir: Path, run: RunRecord
-) -> dict[str, dict[str, int]] | None:
+def ledger(conn: psycopg2.extensions.connection, run: RunRecord) -> dict[str, dict[str, int]] | None:
     """Every entity of the contract (zeros for an empty file), or None when the run never got as far as a ledger."""
     contract = load_contract(run.contract)
     rows: dict[str, dict[str, int]] = {e.name: dict.fromkeys(LEDGER_COLUMNS, 0) for e in contract.entities}
     with conn, conn.cursor() as cur:
-        relation = built_relation(cur, target_dir, "ledger")
-        if relation is None:
-            return None
         cur.execute(
-            sql.SQL("select entity, {cols} from {ledger} where run_id = %s").format(
-                cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS), ledger=relation.ident()),
+            sql.SQL("select entity, {cols} from loader_registry.run_ledger where run_id = %s order by entity_order")
+            .format(cols=sql.SQL(", ").join(sql.Identifier(c) for c in LEDGER_COLUMNS)),
             (run.run_id,),
         )
         found = cur.fetchall()
@@ -57,11 +46,11 @@ def no_ledger_reason(run: RunRecord) -> str:
     return f"{what}: {run.message}" if run.message and run.status in ("rejected", "failed") else what
 
 
-def report(conn: psycopg2.extensions.connection, target_dir: Path, key: LoadKey) -> dict[str, Any] | None:
+def report(conn: psycopg2.extensions.connection, key: LoadKey) -> dict[str, Any] | None:
     run = latest_run(conn, key)
     if run is None:
         return None
-    entities = ledger(conn, target_dir, run)
+    entities = ledger(conn, run)
     body: dict[str, Any] = {
         "load": str(key),
         "contract": run.contract,
@@ -80,7 +69,7 @@ def _utc(at: dt.datetime) -> str:
 
 
 def exceptions(
-    conn: psycopg2.extensions.connection, target_dir: Path, key: LoadKey, entity: str | None = None
+    conn: psycopg2.extensions.connection, key: LoadKey, entity: str | None = None
 ) -> list[dict[str, Any]] | None:
     """The latest run's exception rows; for a refused load, its refusal reasons (row 0)."""
     run = latest_run(conn, key)
@@ -88,12 +77,12 @@ def exceptions(
         return None
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in EXCEPTION_COLUMNS)
     with conn, conn.cursor() as cur:
-        relation = built_relation(cur, target_dir, "exceptions")
         rows: list[tuple[Any, ...]] = []
-        if relation is not None and run.status != "rejected":
+        if run.status != "rejected":
             cur.execute(
-                sql.SQL("select {cols} from {rel} where run_id = %s and (%s::text is null or entity = %s)"
-                        " order by entity, row_number, rule, field").format(cols=cols, rel=relation.ident()),
+                sql.SQL("select {cols} from loader_registry.run_exceptions where run_id = %s"
+                        " and (%s::text is null or entity = %s) order by entity, row_number, rule, field").format(
+                    cols=cols),
                 (run.run_id, entity, entity),
             )
             rows = cur.fetchall()

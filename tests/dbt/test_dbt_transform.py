@@ -18,8 +18,8 @@ from helpers import header_only, make_load, query
 
 from loader.database import Warehouse
 from loader.intake.partners import PartnersFile
-from loader.runs.pipeline import run_load
 from loader.runs.progress import make_progress
+from loader.runs.worker import run_load
 from loader.samples.sms_v1 import ExportResult, ExportSpec, write_export
 
 REPO = Path(__file__).resolve().parents[2]

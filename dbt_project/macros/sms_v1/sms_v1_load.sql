@@ -1,8 +1,9 @@
 {#-
     The load being transformed. By hand, from vars:
     dbt build --vars '{run_id: 42, partner_id: acme, shop_id: shop-1, load_id: 2025-08-22_a}'.
-    From the loader, from the one row of loader_registry.dbt_context, which it
-    writes before each build (under its transform lock): vars that change
+    From the loader, from the worker slot's row of loader_registry.build_context
+    (slot LOADER_DBT_SLOT, default 1), which it writes before each build of
+    that slot: vars that change
     every load would make dbt parse the whole project again each time, about
     4 s, while a table read at run time leaves the parse cached. Without vars
     and without a row, there is no load to validate, which is an error.
@@ -18,7 +19,13 @@
         {%- endfor %}
         {%- do return(context) %}
     {%- endif %}
-    {%- set rows = run_query('select ' ~ names | join(', ') ~ ' from loader_registry.dbt_context') %}
+    {%- set slot = env_var('LOADER_DBT_SLOT', '1') %}
+    {%- if not slot.isdigit() %}
+        {% do exceptions.raise_compiler_error("LOADER_DBT_SLOT must be a whole number, got " ~ slot) %}
+    {%- endif %}
+    {%- set rows = run_query(
+        'select ' ~ names | join(', ') ~ ' from loader_registry.build_context where slot = ' ~ slot
+    ) %}
     {%- if rows | length != 1 %}
         {% do exceptions.raise_compiler_error(
             "no load to validate: pass --vars '{run_id: N, partner_id: ..., shop_id: ..., load_id: ...}'"

@@ -1,6 +1,5 @@
-{{ config(indexes=[{'columns': ['run_id']}]) }}
--- The exception report of every run, kept across runs: each build replaces the
--- rows of its own run (var run_id). One row per (row, field, rule): the
+-- The exception report of the built run (the loader keeps every run's in the
+-- registry). One row per (row, field, rule): the
 -- row-level rules of staging, the cross-row rules of intermediate, and the
 -- file-level findings of the loader (row_number 0, line_number 1: the header),
 -- such as unknown_column.

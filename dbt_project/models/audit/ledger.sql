@@ -1,6 +1,5 @@
-{{ config(indexes=[{'columns': ['run_id']}]) }}
--- The ledger of every run, kept across runs: each build replaces the rows of its
--- own run (var run_id). One row per contract entity, zeros for an empty file,
+-- The ledger of the built run (the loader keeps every run's in the registry).
+-- One row per contract entity, zeros for an empty file,
 -- so that nothing can go missing unnoticed:
 --   manifest_rows = landed_rows = valid_rows + rejected_rows
 --   valid_rows = inserted + updated + unchanged
