@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import psycopg2.extensions
 from pydantic import ValidationError
 
 from loader.contracts import load_contract
@@ -40,6 +41,7 @@ from loader.runs import reports
 from loader.runs.inbox import InboxError, NotALoadFolder, check_submittable, keep, manifest_contract
 from loader.runs.pipeline import Runner, RunOutcome, describe_problems
 from loader.runs.progress import Progress, make_progress
+from loader.runs.queue import take_back_expired
 from loader.runs.registry import (
     RunStatus,
     ensure_registry,
@@ -246,9 +248,16 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _take_back_dead_runs(conn: psycopg2.extensions.connection, settings: LoaderSettings) -> None:
+    """A run whose worker is gone is shown as what it is (queued again, or failed), not as `running`."""
+    take_back_expired(conn, settings.lease_seconds, settings.max_attempts)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    warehouse = _warehouse(_settings())
+    settings = _settings()
+    warehouse = _warehouse(settings)
     with contextlib.closing(warehouse.connect()) as conn:
+        _take_back_dead_runs(conn, settings)
         runs = recent_runs(conn, args.limit, args.status)
     if args.json:
         print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
@@ -326,8 +335,10 @@ def cmd_dbt_vars(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     key = LoadKey.parse(args.load)
-    warehouse = _warehouse(_settings())
+    settings = _settings()
+    warehouse = _warehouse(settings)
     with contextlib.closing(warehouse.connect()) as conn:
+        _take_back_dead_runs(conn, settings)
         run = latest_run(conn, key)
         history = run_history(conn, run.run_id) if run is not None else []
     if run is None:

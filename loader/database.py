@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -121,6 +122,35 @@ def _connect(params: dict[str, Any], where: str) -> psycopg2.extensions.connecti
     except psycopg2.OperationalError as exc:
         raise WarehouseUnavailable(_unavailable(where, exc)) from None
     return conn
+
+
+def apply_once(conn: psycopg2.extensions.connection, name: str, schema: str, ddl: str) -> None:
+    """Run idempotent DDL only when it differs from the version applied last (or its schema is gone).
+
+    DDL, even `create index if not exists` on an index that exists, takes
+    locks that wait for every open write to the table: run on every load, it
+    would make loads of different shops wait for each other. The check is a
+    one-row read; the DDL runs under an advisory lock so that two processes
+    do not apply it at once. Needs the registry (loader_registry.ddl_versions).
+    """
+    digest = hashlib.sha256(ddl.encode()).hexdigest()
+    check = ("select exists (select from loader_registry.ddl_versions where name = %s and digest = %s)"
+             " and exists (select from pg_namespace where nspname = %s)")
+    with conn, conn.cursor() as cur:
+        cur.execute(check, (name, digest, schema))
+        if one_row(cur)[0]:
+            return
+    with conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('loader ddl'), hashtext(%s))", (name,))
+        cur.execute(check, (name, digest, schema))
+        if one_row(cur)[0]:
+            return
+        cur.execute(ddl)
+        cur.execute(
+            "insert into loader_registry.ddl_versions (name, digest) values (%s, %s)"
+            " on conflict (name) do update set digest = excluded.digest, applied_at = clock_timestamp()",
+            (name, digest),
+        )
 
 
 def one_row(cur: psycopg2.extensions.cursor) -> tuple[Any, ...]:

@@ -67,3 +67,14 @@ def make_load(
 
 def new_id() -> str:
     return uuid.uuid4().hex[:10]
+
+
+def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...]]:
+    """A shop's rows without the columns that differ between shops (ids, shop, timestamps)."""
+    skip = {"id", "shop_id", "created_at", "updated_at", "customer_id", "vehicle_id", "invoice_id",
+            "parent_line_item_id"}
+    cols = [c for (c,) in query(db, "select column_name from information_schema.columns where table_schema ="
+                                    " 'prod_sms' and table_name = %s order by ordinal_position", (entity,))
+            if c not in skip]
+    return query(db, f"select {', '.join(cols)} from prod_sms.{entity} where shop_id = %s order by external_id",
+                 (shop,))

@@ -204,8 +204,9 @@ def test_a_closed_pipe_on_stdout_does_not_fail_the_run(db: Warehouse, tmp_path: 
 def test_a_failed_run_counts_its_file_warnings_and_puts_them_on_the_header_line(db: Warehouse, tmp_path: Path,
                                                                                  capsys) -> None:
     assert main(["run", str(make_load(tmp_path, load_id="first"))]) == 0
-    # The ledger is the last model dbt builds: refusing its rows fails the run after the exceptions are written.
-    query(db, "alter table analytics_audit.ledger add constraint refuse_all check (false) not valid")
+    # The run's ledger is saved last, in the publish transaction: refusing it fails the run after dbt built
+    # the exceptions.
+    query(db, "alter table loader_registry.run_ledger add constraint refuse_all check (false) not valid")
     extra = b"external_customer_id,last_name,loyalty_tier\r\nC1,Smith,gold\r\n"
     assert main(["run", str(make_load(tmp_path, {"customers.csv": extra}, load_id="second"))]) == 1
     capsys.readouterr()

@@ -32,7 +32,7 @@ from psycopg2 import sql
 from psycopg2.extras import Json
 
 from loader.contracts import Contract
-from loader.database import Warehouse
+from loader.database import Warehouse, apply_once
 from loader.formats.csv_reader import (
     EXTRA_VALUES_TABLE,
     LINEAGE_COLUMNS,
@@ -121,25 +121,28 @@ def preload_unless_landed(conn: psycopg2.extensions.connection, folder: Path) ->
 
 def ensure_raw_tables(conn: psycopg2.extensions.connection, contract: Contract) -> None:
     """Create the raw dataset's tables with every contract column, so dbt sources
-    exist even before a file with rows arrives, and the side table of unknown columns' values."""
-    with conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('loader raw ddl'))")
-        cur.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(contract.raw_dataset)))
-        for entity in contract.entities:
-            columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in entity.column_names]
-            columns += [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_RAW_TYPES[t]))
-                        for name, t in LINEAGE_COLUMNS]
-            table = sql.Identifier(contract.raw_dataset, entity.name)
-            cur.execute(sql.SQL("create table if not exists {} ({})").format(table, sql.SQL(", ").join(columns)))
-            # Rows of one file are appended together, so a BRIN index finds them
-            # at almost no cost to the COPY.
-            cur.execute(sql.SQL("create index if not exists {} on {} using brin (_file_id)").format(
-                sql.Identifier(f"{entity.name}__file_id"), table))
-        extras = sql.Identifier(contract.raw_dataset, EXTRA_VALUES_TABLE)
-        cur.execute(sql.SQL("create table if not exists {} (_file_id bigint, _row_number bigint,"
-                            " _column_index integer, value text)").format(extras))
-        cur.execute(sql.SQL("create index if not exists {} on {} using brin (_file_id)").format(
-            sql.Identifier(f"{EXTRA_VALUES_TABLE}__file_id"), extras))
+    exist even before a file with rows arrives, and the side table of unknown columns' values.
+
+    Applied once per version (database.apply_once): landings of other shops may be writing to these tables.
+    """
+    statements = [sql.SQL("create schema if not exists {}").format(sql.Identifier(contract.raw_dataset))]
+    for entity in contract.entities:
+        columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in entity.column_names]
+        columns += [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(_RAW_TYPES[t]))
+                    for name, t in LINEAGE_COLUMNS]
+        table = sql.Identifier(contract.raw_dataset, entity.name)
+        statements.append(sql.SQL("create table if not exists {} ({})").format(table, sql.SQL(", ").join(columns)))
+        # Rows of one file are appended together, so a BRIN index finds them
+        # at almost no cost to the COPY.
+        statements.append(sql.SQL("create index if not exists {} on {} using brin (_file_id)").format(
+            sql.Identifier(f"{entity.name}__file_id"), table))
+    extras = sql.Identifier(contract.raw_dataset, EXTRA_VALUES_TABLE)
+    statements.append(sql.SQL("create table if not exists {} (_file_id bigint, _row_number bigint,"
+                              " _column_index integer, value text)").format(extras))
+    statements.append(sql.SQL("create index if not exists {} on {} using brin (_file_id)").format(
+        sql.Identifier(f"{EXTRA_VALUES_TABLE}__file_id"), extras))
+    ddl = ";\n".join(statement.as_string(conn) for statement in statements)
+    apply_once(conn, f"raw {contract.name}", contract.raw_dataset, ddl)
 
 
 def _find_landed(

@@ -9,7 +9,6 @@ transaction, so a failure anywhere leaves production exactly as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import Contract
-from loader.database import one_row
+from loader.database import apply_once, one_row
 from loader.dbt.relations import MissingRelation, Relation, dbt_relation
 from loader.intake.load_key import LoadKey
 
@@ -390,34 +389,6 @@ def _check_references(
 
 
 def ensure_production(conn: psycopg2.extensions.connection, contract: Contract) -> None:
-    """Create or update the contract's production tables, once per version of its DDL.
-
-    DDL, even `create index if not exists` on an index that exists, takes
-    locks that wait for every open publish of every shop: run on each load,
-    it would make loads of different shops wait for each other. So the DDL
-    runs only when its digest differs from the one recorded last.
-    """
-    ddl = contract.production_ddl.read_text(encoding="utf-8")
-    digest = hashlib.sha256(ddl.encode()).hexdigest()
-    with conn, conn.cursor() as cur:
-        if _production_digest(cur, contract) == digest:
-            return
-    with conn, conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext('loader production ddl'))")
-        if _production_digest(cur, contract) == digest:
-            return
-        cur.execute(ddl)
-        cur.execute(
-            "insert into loader_registry.production_version (contract, digest) values (%s, %s)"
-            " on conflict (contract) do update set digest = excluded.digest, applied_at = clock_timestamp()",
-            (contract.name, digest),
-        )
-
-
-def _production_digest(cur: psycopg2.extensions.cursor, contract: Contract) -> str | None:
-    """The digest applied last, if its schema is still there (someone may have dropped it by hand)."""
-    cur.execute("select digest from loader_registry.production_version where contract = %s"
-                " and exists (select from pg_namespace where nspname = %s)",
-                (contract.name, contract.production_schema))
-    row = cur.fetchone()
-    return str(row[0]) if row else None
+    """Create or update the contract's production tables, once per version of its DDL (see database.apply_once)."""
+    apply_once(conn, f"production {contract.name}", contract.production_schema,
+               contract.production_ddl.read_text(encoding="utf-8"))

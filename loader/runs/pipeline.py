@@ -292,7 +292,7 @@ def _failed(
     """Record a failed run with what it found: its exception rows where dbt got that far, else its file findings."""
     with run.conn, run.conn.cursor() as cur:
         if slot is not None:
-            save_audit(cur, slot.target_dir, run.run_id)
+            save_audit(cur, slot.target_dir, run.run_id, with_ledger=False)
         errors, warnings = exception_counts(cur, run.run_id)
         if errors == warnings == 0:
             errors, warnings = _finding_counts(verification)

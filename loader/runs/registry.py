@@ -279,21 +279,22 @@ LEDGER_COLUMNS = ("manifest_rows", "landed_rows", "valid_rows", "rejected_rows",
 EXCEPTION_COLUMNS = ("entity", "row_number", "line_number", "field", "rule", "severity", "value", "message")
 
 
-def save_audit(cur: psycopg2.extensions.cursor, target_dir: Path, run_id: int) -> None:
-    """Copy the run's ledger and exceptions from its dbt build into the registry (in the caller's transaction).
+def save_audit(cur: psycopg2.extensions.cursor, target_dir: Path, run_id: int, *, with_ledger: bool = True) -> None:
+    """Copy the run's exceptions, and its ledger, from its dbt build into the registry (in the caller's transaction).
 
-    A model dbt did not get to (a failed build) leaves its part out; a run
-    that runs again replaces what it saved before.
+    A failed run keeps its exceptions but no ledger: nothing it counted was
+    published. A model dbt did not get to leaves its part out; a run that
+    runs again replaces what it saved before.
     """
-    for model, table, columns in (("ledger", "run_ledger", ("entity_order", *LEDGER_COLUMNS)),
-                                  ("exceptions", "run_exceptions", EXCEPTION_COLUMNS)):
+    parts: list[tuple[str, str, tuple[str, ...]]] = [("exceptions", "run_exceptions", EXCEPTION_COLUMNS)]
+    if with_ledger:
+        parts.append(("ledger", "run_ledger", ("entity", "entity_order", *LEDGER_COLUMNS)))
+    for model, table, columns in parts:
         registry_table = sql.Identifier("loader_registry", table)
         cur.execute(sql.SQL("delete from {} where run_id = %s").format(registry_table), (run_id,))
         relation = built_relation(cur, target_dir, model)
         if relation is None:
             continue
-        if model == "ledger":
-            columns = ("entity", *columns)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in ("run_id", *columns))
         cur.execute(
             sql.SQL("insert into {table} ({cols}) select {cols} from {built} where run_id = %s").format(

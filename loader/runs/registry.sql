@@ -234,9 +234,10 @@ create table if not exists loader_registry.run_exceptions (
 
 create index if not exists run_exceptions_run on loader_registry.run_exceptions (run_id, entity, row_number);
 
--- The digest of each contract's production DDL as applied last (loader/contracts/*.sql).
-create table if not exists loader_registry.production_version (
-    contract text primary key,
+-- The digest of other DDL the loader applies once per version (each contract's
+-- production and raw tables, see database.apply_once), by name.
+create table if not exists loader_registry.ddl_versions (
+    name text primary key,
     digest text not null,
     applied_at timestamptz not null default clock_timestamp()
 );

@@ -38,6 +38,7 @@ from loader.runs.progress import LogProgress, Progress
 from loader.runs.queue import ClaimedRun, claim, listen, take_back_expired, wait, work_left
 from loader.runs.registry import (
     FINAL_STATUSES,
+    ensure_registry,
     move,
     record_problems,
     run_record,
@@ -147,8 +148,13 @@ def _after_transient(runner: Runner, claimed: ClaimedRun, policy: QueuePolicy, r
     _with_database(runner, policy, write, f"record the failed attempt of run {claimed.run_id}")
 
 
+def say(text: str) -> None:
+    """One line of a worker's log, timed, on stdout (flushed: it is usually a pipe or a file)."""
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", flush=True)
+
+
 def serve(runner: Runner, policy: QueuePolicy, *, once: bool, stop: threading.Event,
-          report: Callable[[str], None] = print) -> None:
+          report: Callable[[str], None] = say) -> None:
     """Take and execute runs until `stop` is set (or, with `once`, until no run is queued or running)."""
     conn: psycopg2.extensions.connection | None = None
     failures = 0
@@ -217,6 +223,7 @@ def run_load(
     policy: QueuePolicy | None = None,
 ) -> RunOutcome:
     """One load in the foreground, as `loader run` does it (the benches and tests call this)."""
+    ensure_registry(warehouse)
     policy = policy or QueuePolicy()
     runner = Runner(warehouse, partners, home, worker_name("cli"), progress, lease_seconds=policy.lease_seconds,
                     land_workers=land_workers, transform=transform)

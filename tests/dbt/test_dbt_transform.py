@@ -240,21 +240,27 @@ def test_rerun_is_unchanged_and_a_later_load_updates_and_resolves_against_produc
 
 def test_without_vars_dbt_validates_the_load_the_loader_named(shop_db: Warehouse, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loader passes no vars (so dbt's parse stays cached): the load comes from loader_registry.dbt_context."""
+    """The loader passes no vars (so dbt's parse stays cached): the load comes from its slot's build_context row."""
     from loader.dbt.runner import dbt_build as loader_dbt_build
     from loader.intake.load_key import LoadKey
-    from loader.runs.registry import ensure_registry, set_dbt_context
+    from loader.runs.registry import ensure_registry, set_build_context
+    from loader.runs.slots import Slot
 
     ensure_registry(shop_db)
-    execute(shop_db, "delete from loader_registry.dbt_context")
-    missing = loader_dbt_build(shop_db, tmp_path / "home", select="stg_sms__customers_exceptions")
+    execute(shop_db, "delete from loader_registry.build_context")
+    slot = Slot(3, tmp_path / "home")
+    missing = loader_dbt_build(shop_db, slot, select="stg_sms__customers_exceptions")
     assert not missing.success and "no load to validate" in missing.summary()
 
     bad = make_load(tmp_path, {"customers.csv": b"external_customer_id,last_name,email\r\nC1,Ng,not-an-email\r\n"},
                     shop=SHOP, partner=PARTNER, load_id="by-context")
     run_id = land(shop_db, bad, tmp_path / "home")
     with contextlib.closing(shop_db.connect()) as conn:
-        set_dbt_context(conn, run_id, LoadKey.of(PARTNER, SHOP, "by-context"), None)
-    built = loader_dbt_build(shop_db, tmp_path / "home")
+        # Another slot's load must not be the one this slot validates.
+        set_build_context(conn, 1, run_id, LoadKey.of(PARTNER, "another-shop", "other"), None)
+        set_build_context(conn, 3, run_id, LoadKey.of(PARTNER, SHOP, "by-context"), None)
+    built = loader_dbt_build(shop_db, slot)
     assert built.success, built.summary()
-    assert reported(shop_db, run_id) == {("customers", 1, 2, "email", "format")}
+    rows = query(shop_db, "select entity, row_number, line_number, field, rule from analytics_slot3_audit.exceptions"
+                          " where run_id = %s", (run_id,))
+    assert set(rows) == {("customers", 1, 2, "email", "format")}

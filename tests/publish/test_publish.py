@@ -13,13 +13,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import make_load, query
+from helpers import make_load, query, shop_values
 
 from loader.cli import main
 from loader.contracts import load_contract
 from loader.database import Warehouse
 from loader.intake.load_key import LoadKey
 from loader.publish.transaction import PublishError, dbt_relation, publish
+from loader.runs.slots import target_dir
 from loader.samples.sms_v1 import ExportSpec, write_export
 
 ENTITIES = [e.name for e in load_contract("sms_v1").entities]
@@ -203,7 +204,7 @@ def test_publish_refuses_a_reference_that_production_does_not_have(db: Warehouse
     """With the per-row foreign-key triggers off, the set-based check still stops a dangling reference."""
     assert main(["run", str(sample.folder)]) == 0
     before = snapshot(db)
-    target = tmp_path / "loader-home" / "dbt" / "target"
+    target = target_dir(tmp_path / "loader-home")
     plans = {e: dbt_relation(target, f"publish_{e}") for e in ENTITIES}
     for plan in plans.values():
         query(db, f"update {plan.schema}.{plan.name} set _action = 'unchanged'")
@@ -222,25 +223,14 @@ def test_a_build_that_fails_after_the_plans_were_applied_leaves_production_uncha
     assert main(["run", str(make_load(tmp_path, {"customers.csv": CUSTOMERS_A}, shop=sample.folder.parts[-2],
                                       partner=sample.folder.parts[-3], load_id="earlier"))]) == 0
     before = snapshot(db)
-    # The ledger is the last model dbt builds, after every plan.
-    query(db, "alter table analytics_audit.ledger add constraint refuse_all check (false) not valid")
+    # The run's ledger is saved in the publish transaction, after every plan, just before it commits.
+    query(db, "alter table loader_registry.run_ledger add constraint refuse_all check (false) not valid")
     capsys.readouterr()
     assert main(["run", str(sample.folder)]) == 1
     assert "refuse_all" in capsys.readouterr().out
     assert snapshot(db) == before
     [(status, message)] = query(db, "select status, message from loader_registry.runs order by run_id desc limit 1")
     assert status == "failed" and "ledger" in message
-
-
-def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...]]:
-    """A shop's rows without the columns that differ between shops (ids, shop, timestamps)."""
-    skip = {"id", "shop_id", "created_at", "updated_at", "customer_id", "vehicle_id", "invoice_id",
-            "parent_line_item_id"}
-    cols = [c for (c,) in query(db, "select column_name from information_schema.columns where table_schema ="
-                                    " 'prod_sms' and table_name = %s order by ordinal_position", (entity,))
-            if c not in skip]
-    return query(db, f"select {', '.join(cols)} from prod_sms.{entity} where shop_id = %s order by external_id",
-                 (shop,))
 
 
 def test_exception_report_csv_names_row_line_field_rule_value(db: Warehouse, sample, capsys) -> None:
