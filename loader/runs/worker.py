@@ -251,37 +251,70 @@ def serve_until_done(runner: Runner, policy: QueuePolicy, run_id: int) -> RunOut
 
     Another worker may take the run or the shop's earlier runs; this waits
     for them. The outcome is this process's own where it ran the run, else
-    what the registry says.
+    what the registry says. A database that goes away is waited for, about
+    two lease times, before this gives up (the run stays queued for a worker).
     """
-    with contextlib.closing(runner.warehouse.connect()) as conn:
-        record = run_record(conn, run_id)
-        assert record is not None, "the run was just registered"
+    waiting = _Waiting(runner, policy, run_id)
+    lost_since: float | None = None
+    failures = 0
+    while True:
+        try:
+            with contextlib.closing(runner.warehouse.connect()) as conn:
+                listen(conn)
+                lost_since, failures = None, 0
+                outcome = waiting.serve(conn)
+                if outcome is not None:
+                    return outcome
+        except (psycopg2.Error, WarehouseUnavailable) as exc:
+            failures += 1
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > 2 * policy.lease_seconds:
+                raise WarehouseUnavailable(f"lost the database while running run {run_id}: {_first_line(exc)};"
+                                           " the run stays in the queue for a worker (or loader rerun)") from None
+            delay = backoff_seconds(failures, 0.5, 5.0)
+            runner.progress.status(f"the database is not answering ({_first_line(exc)}); trying again in"
+                                   f" {delay:.1f} s")
+            time.sleep(delay)
+
+
+@dataclass
+class _Waiting:
+    """`serve_until_done`'s state, kept across reconnections."""
+
+    runner: Runner
+    policy: QueuePolicy
+    run_id: int
+    own: RunOutcome | None = None
+    said: bool = False
+
+    def serve(self, conn: psycopg2.extensions.connection) -> RunOutcome | None:
+        """Serve the shop's queue on `conn` until the run is done; raises psycopg2.Error if `conn` is lost."""
+        record = run_record(conn, self.run_id)
+        assert record is not None, "the run was registered"
         partner, shop, _ = record.load.split("/", 2)
-        listen(conn)
-        own: RunOutcome | None = None
-        waiting_said = False
         while True:
-            take_back_expired(conn, policy.lease_seconds, policy.max_attempts)
-            claimed = claim(conn, runner.worker, shop=(partner, shop))
+            take_back_expired(conn, self.policy.lease_seconds, self.policy.max_attempts)
+            claimed = claim(conn, self.runner.worker, shop=(partner, shop))
             if claimed is not None:
-                if claimed.run_id != run_id:
-                    runner.progress.status(f"running run {claimed.run_id} ({claimed.load}) first: it was queued"
-                                           " earlier for this shop")
-                outcome = process(runner, claimed, policy, when_stopped="fail")
-                if claimed.run_id == run_id:
-                    own = outcome
+                if claimed.run_id != self.run_id:
+                    self.runner.progress.status(f"running run {claimed.run_id} ({claimed.load}) first: it was"
+                                                " queued earlier for this shop")
+                outcome = process(self.runner, claimed, self.policy, when_stopped="fail")
+                if claimed.run_id == self.run_id:
+                    self.own = outcome
                 continue
-            record = run_record(conn, run_id)
+            record = run_record(conn, self.run_id)
             assert record is not None
             if record.status in DONE_STATUSES:
-                if own is not None and own.status == record.status:
-                    return own
-                return RunOutcome(run_id, record.status, None, message=record.message)
-            if not waiting_said:
-                runner.progress.status(f"run {run_id} is {record.status}: waiting for its turn in the shop's queue"
-                                       " (runs of one shop go one at a time, in the order they were queued)")
-                waiting_said = True
-            wait(conn, policy.poll_seconds)
+                if self.own is not None and self.own.status == record.status:
+                    return self.own
+                return RunOutcome(self.run_id, record.status, None, message=record.message)
+            if not self.said:
+                self.runner.progress.status(f"run {self.run_id} is {record.status}: waiting for its turn in the"
+                                            " shop's queue (runs of one shop go one at a time, in the order they"
+                                            " were queued)")
+                self.said = True
+            wait(conn, self.policy.poll_seconds)
 
 
 def requeue_for_rerun(conn: psycopg2.extensions.connection, run_id: int, by: str) -> bool:

@@ -164,11 +164,21 @@ def test_a_small_load_does_not_wait_for_a_big_load_of_another_shop(db: Warehouse
     assert ends[small_run] < ends[big_run]
 
 
+_UNINTERRUPTED: dict[str, dict[str, list[tuple[object, ...]]]] = {}
+
+
+def uninterrupted(db: Warehouse, tmp_path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Production's rows after an uninterrupted run of the same export, loaded once for every crash case."""
+    if "rows" not in _UNINTERRUPTED:
+        reference = write_export(tmp_path / "ref", ExportSpec(customers=12, shop_id="reference", seed=9))
+        assert main(["run", str(reference.folder)]) == 0
+        _UNINTERRUPTED["rows"] = {e: shop_values(db, e, "reference") for e in ENTITIES}
+    return _UNINTERRUPTED["rows"]
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_a_worker_killed_at_any_step_leaves_a_run_that_completes_exactly_once(db: Warehouse, tmp_path: Path,
                                                                                point: str) -> None:
-    reference = write_export(tmp_path / "ref", ExportSpec(customers=12, shop_id="reference", seed=9))
-    assert main(["run", str(reference.folder)]) == 0
     crashing = write_export(tmp_path / "crash", ExportSpec(customers=12, shop_id="crashing", seed=9))
     run_id = submit(crashing.folder)
     killed = start_worker("--once", "--concurrency", "1", LOADER_KILL_AT=point)
@@ -186,8 +196,7 @@ def test_a_worker_killed_at_any_step_leaves_a_run_that_completes_exactly_once(db
     else:
         assert statuses == ["queued", "running", "queued", "running", "completed"] and attempts == 2
         assert "stopped answering" in history(db, run_id)[2][1]
-    for entity in [*ENTITIES]:
-        assert shop_values(db, entity, "crashing") == shop_values(db, entity, "reference"), entity
+    assert {e: shop_values(db, e, "crashing") for e in ENTITIES} == uninterrupted(db, tmp_path)
     ledger = assert_ledger_reconciles(db, run_id)
     # The run's own publish inserted every valid row, whichever attempt did it.
     for entity, (_, _, valid, _, inserted, _, _) in ledger.items():
@@ -273,3 +282,31 @@ def test_a_database_restart_mid_run_is_retried(tmp_path: Path, max_attempts: int
         assert_no_raw_duplicates(warehouse)
     finally:
         stop_embedded(server_home)
+
+
+def test_loader_run_takes_its_turn_after_the_shops_earlier_queued_load(db: Warehouse, tmp_path: Path) -> None:
+    earlier = submit(make_load(tmp_path, {"customers.csv": customers_file("Earlier")}, load_id="earlier"))
+    later = make_load(tmp_path, {"customers.csv": customers_file("Later")}, load_id="later")
+    assert main(["run", str(later)]) == 0
+    ends = dict(query(db, "select load_id, completed_at from loader_registry.runs where status = 'completed'"))
+    assert set(ends) == {"earlier", "later"} and ends["earlier"] < ends["later"]
+    assert query(db, "select distinct last_name from prod_sms.customers") == [("Later",)]
+    assert query(db, "select min(run_id) from loader_registry.runs") == [(earlier,)]
+
+
+def test_a_worker_stopped_with_sigterm_puts_its_run_back_for_another(db: Warehouse, tmp_path: Path) -> None:
+    run_id = submit(write_export(tmp_path, ExportSpec(customers=200, seed=2)).folder)
+    worker = start_worker("--concurrency", "1")
+    deadline = time.monotonic() + 120
+    while query(db, "select count(*) from loader_registry.run_files where run_id = %s", (run_id,)) == [(0,)]:
+        assert time.monotonic() < deadline and worker.poll() is None, "the run never landed"
+        time.sleep(0.05)
+    worker.terminate()
+    out, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 0, out
+    [(status,)] = query(db, "select status from loader_registry.runs where run_id = %s", (run_id,))
+    assert status == "queued"
+    assert "was stopped during the run" in history(db, run_id)[-1][1]
+    assert loader(["worker", "--once"]).returncode == 0
+    assert query(db, "select status from loader_registry.runs where run_id = %s", (run_id,)) == [("completed",)]
+    assert_ledger_reconciles(db, run_id)

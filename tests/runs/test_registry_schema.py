@@ -60,7 +60,7 @@ def test_every_move_the_state_machine_does_not_allow_is_refused_by_the_database(
         db: Warehouse, source: str, target: str) -> None:
     ensure_registry(db)
     with contextlib.closing(db.connect()) as conn:
-        run_id = start_run(conn, ("acme", "shop-1", "load-1"), "sms_v1", "test", None, start=False)
+        run_id = start_run(conn, ("acme", "shop-1", "load-1"), "sms_v1", "test", None)
         for status in PATH_TO[source]:
             set_status(conn, run_id, status)  # type: ignore[arg-type]
         if (source, target) in ALLOWED:

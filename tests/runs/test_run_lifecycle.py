@@ -54,6 +54,7 @@ def test_problem_text_is_stored_whatever_it_quotes(db: Warehouse, text: str) -> 
     with contextlib.closing(db.connect()) as conn:
         run_id = start_run(conn, (text, "shop", "load"), "sms_v1", text, text)
         record_problems(conn, run_id, [Problem("csv", text, file=text, field=text)])
+        set_status(conn, run_id, "running")
         set_status(conn, run_id, "rejected", text)
     [(message, file_name, detail)] = query(
         db, "select p.message, p.file_name, r.message from loader_registry.run_problems p"
