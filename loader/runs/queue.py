@@ -119,7 +119,6 @@ class Heartbeat:
         self._worker = worker
         self._interval = min(max(lease_seconds / 5, 0.2), 10.0)
         self._stop = threading.Event()
-        self.lost = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"loader-lease-{run_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
@@ -139,7 +138,8 @@ class Heartbeat:
                     if conn is None or conn.closed:
                         conn = self._warehouse.connect()
                     if not renew(conn, self._run_id, self._worker):
-                        self.lost.set()
+                        # Taken back: this worker's writes are fenced by the lease from now on.
+                        log.warning("run %s was taken back from worker %s", self._run_id, self._worker)
                         return
                 except (psycopg2.Error, WarehouseUnavailable) as exc:
                     log.warning("could not renew the lease of run %s: %s", self._run_id, exc)
