@@ -30,10 +30,10 @@ import psycopg2
 import psycopg2.extensions
 
 from loader.database import Warehouse, WarehouseUnavailable
-from loader.intake.manifest import verify_folder
+from loader.intake.manifest import capped, verify_folder
 from loader.intake.partners import PartnersFile, load_partners
 from loader.runs.inbox import NotALoadFolder, check_submittable, keep, manifest_contract
-from loader.runs.pipeline import LeaseLost, Runner, RunOutcome, execute, parts_of
+from loader.runs.pipeline import LeaseLost, Runner, RunOutcome, describe_problems, execute, parts_of
 from loader.runs.progress import LogProgress, Progress
 from loader.runs.queue import ClaimedRun, claim, listen, take_back_expired, wait, work_left
 from loader.runs.registry import (
@@ -174,6 +174,9 @@ def serve(runner: Runner, policy: QueuePolicy, *, once: bool, stop: threading.Ev
                     if outcome is not None:
                         report(f"run {claimed.run_id} {claimed.load}: {outcome.status}"
                                + (f" ({outcome.message})" if outcome.message else ""))
+                        if outcome.status == "rejected" and outcome.verification is not None:
+                            for line in describe_problems(capped(outcome.verification.refusals)):
+                                report(line)
                     continue
                 if once and not work_left(conn):
                     return
