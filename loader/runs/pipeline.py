@@ -99,15 +99,21 @@ class _Run:
     def set(self, status: RunStatus, detail: str | None, *, errors: int | None = None,
             warnings: int | None = None, cur: psycopg2.extensions.cursor | None = None) -> None:
         """Move the run, only while this worker holds it; raises LeaseLost otherwise."""
-        if cur is not None:
-            moved = move(cur, self.run_id, status, detail, error_count=errors, warning_count=warnings,
-                         owner=self.runner.worker)
-        else:
+        if cur is None:
             with self.conn, self.conn.cursor() as own:
-                moved = move(own, self.run_id, status, detail, error_count=errors, warning_count=warnings,
-                             owner=self.runner.worker)
-        if not moved:
-            raise LeaseLost(f"run {self.run_id} was taken back from worker {self.runner.worker}")
+                self.set(status, detail, errors=errors, warnings=warnings, cur=own)
+            return
+        if not move(cur, self.run_id, status, detail, error_count=errors, warning_count=warnings,
+                    owner=self.runner.worker):
+            raise self.lost()
+
+    def hold(self, cur: psycopg2.extensions.cursor) -> None:
+        """Lock the run for the outcome this transaction commits; raises LeaseLost if the worker lost it."""
+        if not hold_lease(cur, self.run_id, self.runner.worker):
+            raise self.lost()
+
+    def lost(self) -> LeaseLost:
+        return LeaseLost(f"run {self.run_id} was taken back from worker {self.runner.worker}; nothing was written")
 
 
 def execute(runner: Runner, claimed: ClaimedRun) -> RunOutcome:
@@ -223,15 +229,14 @@ def _transform_and_publish(
     The publish commits after the build, in one transaction with the run's
     ledger, exceptions and `completed` status.
     """
-    conn, worker = run.conn, run.runner.worker
+    conn = run.conn
     ensure_production(conn, contract)
     digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format)
     previous = previous_identical_run(conn, key, run.run_id, digest)
     if previous is not None:
         message = f"identical to run {previous}: every valid row unchanged, nothing to publish"
         with conn, conn.cursor() as cur:
-            if not hold_lease(cur, run.run_id, worker):
-                raise LeaseLost(f"run {run.run_id} was taken back from worker {worker}")
+            run.hold(cur)
             carry_over(cur, previous, run.run_id)
             _complete(run, cur, digest, message)
         return RunOutcome(run.run_id, "completed", verification, landed, message=message)
@@ -241,8 +246,7 @@ def _transform_and_publish(
     message = f"published into {contract.production_schema}"
 
     def record_outcome(cur: psycopg2.extensions.cursor) -> None:
-        if not hold_lease(cur, run.run_id, worker):
-            raise LeaseLost(f"run {run.run_id} was taken back from worker {worker}; nothing was published")
+        run.hold(cur)
         save_audit(cur, slot.target_dir, run.run_id)
         _complete(run, cur, digest, message)
         faults.reach("publish")

@@ -65,10 +65,6 @@ class Slot:
         return {"LOADER_DBT_SLOT": str(self.number), "LOADER_DBT_SCHEMA": self.schema}
 
 
-def target_dir(home: Path, number: int = 1) -> Path:
-    return Slot(number, home).target_dir
-
-
 @contextlib.contextmanager
 def build_slot(conn: psycopg2.extensions.connection, home: Path) -> Iterator[Slot]:
     """Hold the lowest free slot (locks on `conn`'s session and a lock file) for the duration."""

@@ -20,7 +20,7 @@ from loader.contracts import load_contract
 from loader.database import Warehouse
 from loader.intake.load_key import LoadKey
 from loader.publish.transaction import PublishError, dbt_relation, publish
-from loader.runs.slots import target_dir
+from loader.runs.slots import Slot
 from loader.samples.sms_v1 import ExportSpec, write_export
 
 ENTITIES = [e.name for e in load_contract("sms_v1").entities]
@@ -204,7 +204,7 @@ def test_publish_refuses_a_reference_that_production_does_not_have(db: Warehouse
     """With the per-row foreign-key triggers off, the set-based check still stops a dangling reference."""
     assert main(["run", str(sample.folder)]) == 0
     before = snapshot(db)
-    target = target_dir(tmp_path / "loader-home")
+    target = Slot(1, tmp_path / "loader-home").target_dir
     plans = {e: dbt_relation(target, f"publish_{e}") for e in ENTITIES}
     for plan in plans.values():
         query(db, f"update {plan.schema}.{plan.name} set _action = 'unchanged'")
