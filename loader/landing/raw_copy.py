@@ -7,10 +7,12 @@ Importing dlt and reading its configuration takes about half a second, so
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -60,6 +62,28 @@ def preload() -> None:
     threading.Thread(target=_warm_up, name="loader-import-dlt", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _schema_lock(url: str, dataset: str) -> Iterator[None]:
+    """Hold the dataset's lock for dlt's schema sync, on a connection of its own.
+
+    dlt checks which of its tables (its own _dlt_* ones included) exist, then
+    creates the missing ones: two landings doing that at once (two shops'
+    first loads into a new database) both create, and one fails with
+    "relation already exists". Under this lock the second finds the first's
+    schema stored and does nothing; the COPYs themselves are not serialised.
+    """
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_lock(hashtext('loader dlt schema'), hashtext(%s))", (dataset,))
+        conn.commit()
+        yield
+    finally:
+        conn.close()
+
+
 def copy_chunks(url: str, dataset: str, jobs: list[CopyJob], workers: int, scratch: Path | None = None) -> None:
     """Have dlt COPY the chunks into `dataset`, `workers` streams at a time; raises LandingError.
 
@@ -91,6 +115,8 @@ def copy_chunks(url: str, dataset: str, jobs: list[CopyJob], workers: int, scrat
         )
         pipeline.extract(resources, schema=dlt.Schema(dataset))
         pipeline.normalize()
+        with _schema_lock(url, dataset):
+            pipeline.sync_schema()
         pipeline.load(workers=workers)
     except Exception as exc:
         raise LandingError(f"landing into {dataset} failed: {exc}") from exc

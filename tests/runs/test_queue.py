@@ -132,7 +132,8 @@ def test_twenty_loads_of_five_shops_with_two_workers(db: Warehouse, tmp_path: Pa
     for worker in workers:
         out, _ = worker.communicate(timeout=1500)
         assert worker.returncode == 0, out
-    assert query(db, "select status, count(*) from loader_registry.runs group by status") == [("completed", 20)]
+    assert query(db, "select status, count(*) from loader_registry.runs group by status") == [("completed", 20)], (
+        query(db, "select run_id, message from loader_registry.runs where status <> 'completed'"), out)
     for shop in submitted:
         assert query(db, "select distinct last_name from prod_sms.customers where shop_id = %s", (shop,)) == [
             ("Name3",)], shop
