@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
 
+from loader.runs.logs import current_format, lines
+
 
 class Progress(Protocol):
     def status(self, message: str) -> None: ...
@@ -23,7 +25,7 @@ class LogProgress:
     """One line per step and about one line every few seconds per file, for logs and pipes."""
 
     def __init__(self, out: TextIO, every_seconds: float = 5.0) -> None:
-        self._out = out
+        self._log = lines("loader.progress", lambda: out, "%H:%M:%S")
         self._every = every_seconds
         self._name = ""
         self._rows = 0
@@ -31,7 +33,7 @@ class LogProgress:
         self._last = 0.0
 
     def _print(self, message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=self._out, flush=True)
+        self._log.info(message)
 
     def status(self, message: str) -> None:
         self._print(message)
@@ -84,6 +86,7 @@ class BarProgress:
 
 
 def make_progress(out: TextIO = sys.stderr) -> Progress:
-    if out.isatty():
+    # A bar is for people; with LOADER_LOG_FORMAT=json the lines are for a log collector, even on a terminal.
+    if out.isatty() and current_format() == "text":
         return BarProgress(Console(file=out))
     return LogProgress(out)
