@@ -248,3 +248,101 @@ create table if not exists loader_registry.schema_version (
     digest text not null,
     applied_at timestamptz not null default clock_timestamp()
 );
+
+-- Notifications, an outbox: each run outcome a partner's webhooks may be told
+-- of is an event, written by a trigger in the very transaction that records
+-- the outcome, so no outcome is lost or announced before it is committed. The
+-- trigger is deferred to the commit: the event's summary (counts, message,
+-- held_because, ledger) is the run as that transaction left it, whatever
+-- order it wrote them in, and a later rerun of the run leaves it as it was.
+create table if not exists loader_registry.run_events (
+    event_id bigint generated always as identity primary key,
+    run_id bigint not null references loader_registry.runs (run_id),
+    status text not null check (status in ('completed', 'failed', 'needs_review', 'rejected')),
+    occurred_at timestamptz not null,
+    summary json not null,
+    expanded_at timestamptz
+);
+
+create index if not exists run_events_pending on loader_registry.run_events (event_id) where expanded_at is null;
+
+create or replace function loader_registry.record_run_event() returns trigger
+language plpgsql as $$
+begin
+    insert into loader_registry.run_events (run_id, status, occurred_at, summary)
+    select
+        r.run_id,
+        new.status,
+        coalesce(r.completed_at, clock_timestamp()),
+        json_build_object(
+            'error_count', r.error_count,
+            'warning_count', r.warning_count,
+            'message', r.message,
+            'held_because', r.held_because,
+            'ledger', (
+                select json_object_agg(l.entity, json_build_object(
+                    'manifest_rows', l.manifest_rows, 'landed_rows', l.landed_rows, 'valid_rows', l.valid_rows,
+                    'rejected_rows', l.rejected_rows, 'warning_rows', l.warning_rows, 'inserted', l.inserted,
+                    'updated', l.updated, 'unchanged', l.unchanged
+                ) order by l.entity_order)
+                from loader_registry.run_ledger as l where l.run_id = r.run_id
+            )
+        )
+    from loader_registry.runs as r where r.run_id = new.run_id;
+    -- Delivered at commit: senders wake at once instead of at their next poll.
+    perform pg_notify('loader_events', new.run_id::text);
+    return null;
+end;
+$$;
+
+-- PostgreSQL has no "create or replace" for constraint triggers (the only deferrable kind).
+drop trigger if exists runs_outcome_event on loader_registry.runs;
+create constraint trigger runs_outcome_event
+after update of status on loader_registry.runs
+deferrable initially deferred
+for each row
+when (new.status is distinct from old.status and new.status in ('completed', 'failed', 'needs_review', 'rejected'))
+execute function loader_registry.record_run_event();
+
+-- Always, also where session_replication_role = replica: the publish sets it
+-- (to skip foreign-key triggers) in the transaction that completes a run.
+alter table loader_registry.runs enable always trigger runs_outcome_event;
+
+-- One delivery per event and subscribed webhook (partners.yml `notify` when the
+-- event was expanded), its body frozen then, so that every attempt sends the
+-- same bytes. The signing secret is never stored: only the name of the
+-- environment variable that holds it. A delivery is due at next_attempt_at;
+-- a sender claims it by pushing that past the longest an attempt can take.
+create table if not exists loader_registry.webhook_deliveries (
+    delivery_id bigint generated always as identity primary key,
+    event_id bigint not null references loader_registry.run_events (event_id),
+    run_id bigint not null references loader_registry.runs (run_id),
+    event text not null,
+    url text not null,
+    secret_env text not null,
+    body text not null,
+    attempts integer not null default 0 check (attempts >= 0),
+    created_at timestamptz not null default clock_timestamp(),
+    next_attempt_at timestamptz not null default clock_timestamp(),
+    delivered_at timestamptz,
+    gave_up_at timestamptz,
+    last_error text,
+    constraint webhook_deliveries_once unique (event_id, url)
+);
+
+create index if not exists webhook_deliveries_due on loader_registry.webhook_deliveries (next_attempt_at)
+where delivered_at is null and gave_up_at is null;
+
+create index if not exists webhook_deliveries_run on loader_registry.webhook_deliveries (run_id);
+
+-- Every attempt of a delivery: the HTTP status it got (null when there was no
+-- answer: refused, timed out, no secret) and why it failed.
+create table if not exists loader_registry.webhook_attempts (
+    delivery_id bigint not null references loader_registry.webhook_deliveries (delivery_id),
+    attempt integer not null check (attempt >= 1),
+    attempted_at timestamptz not null default clock_timestamp(),
+    http_status integer,
+    error text,
+    milliseconds integer not null check (milliseconds >= 0),
+    primary key (delivery_id, attempt)
+);

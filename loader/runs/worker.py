@@ -33,6 +33,7 @@ from loader.database import Warehouse, WarehouseUnavailable
 from loader.intake.manifest import capped, verify_folder
 from loader.intake.partners import PartnersFile, load_partners
 from loader.runs.inbox import NotALoadFolder, check_submittable, keep, manifest_contract
+from loader.runs.notify import send_now, sending
 from loader.runs.pipeline import LeaseLost, Runner, RunOutcome, describe_problems, execute, parts_of
 from loader.runs.progress import LogProgress, Progress
 from loader.runs.queue import ClaimedRun, claim, listen, take_back_expired, wait, work_left
@@ -201,16 +202,24 @@ def _first_line(exc: BaseException) -> str:
 
 def run_in_foreground(runner: Runner, policy: QueuePolicy, folder: Path, *, triggered_by: str,
                       inbox: Path) -> RunOutcome:
-    """`loader run PATH`: keep the folder's files, queue the run, and serve its shop's queue until it is done."""
+    """`loader run PATH`: keep the folder's files, queue the run, and serve its shop's queue until it is done.
+
+    Then the run's webhooks are sent in one round bounded by the webhook
+    timeout: the outcome is committed by then, and a hook that fails is
+    retried by a worker's sender, never changing the outcome or exit code.
+    """
     try:
         key = check_submittable(folder)
     except NotALoadFolder:
-        return refuse_in_place(runner, folder, triggered_by)
-    kept = keep(folder, inbox)
-    with contextlib.closing(runner.warehouse.connect()) as conn:
-        run_id = start_run(conn, (key.partner_id, key.shop_id, key.load_id), manifest_contract(kept), triggered_by,
-                           os.fspath(kept), submitted_from=os.fspath(folder.absolute()))
-    return serve_until_done(runner, policy, run_id)
+        outcome = refuse_in_place(runner, folder, triggered_by)
+    else:
+        kept = keep(folder, inbox)
+        with contextlib.closing(runner.warehouse.connect()) as conn:
+            run_id = start_run(conn, (key.partner_id, key.shop_id, key.load_id), manifest_contract(kept),
+                               triggered_by, os.fspath(kept), submitted_from=os.fspath(folder.absolute()))
+        outcome = serve_until_done(runner, policy, run_id)
+    send_now(runner.warehouse, runner.partners, run_id=outcome.run_id)
+    return outcome
 
 
 def run_load(
@@ -361,29 +370,36 @@ def _child(make_runner: Callable[[str], Runner], policy: QueuePolicy, once: bool
 
 
 def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, concurrency: int, once: bool) -> int:
-    """`loader worker`: serve the queue with `concurrency` processes until SIGTERM (or, with `once`, until idle)."""
+    """`loader worker`: serve the queue with `concurrency` processes until SIGTERM (or, with `once`, until idle).
+
+    Webhooks are sent from this (the supervising) process, beside the
+    workers, so a slow hook never holds up a run; with `once`, one last
+    bounded round sends what the last runs left.
+    """
     stop = threading.Event()
-    if concurrency == 1:
-        _stop_on(stop)
-        with contextlib.suppress(SystemExit, KeyboardInterrupt):
-            serve(make_runner(worker_name()), policy, once=once, stop=stop)
-        return 0
-    context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_child, args=(make_runner, policy, once), name=f"loader-worker-{n}")
-                for n in range(1, concurrency + 1)]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
+    own = make_runner(worker_name("notify"))
+    with sending(own.warehouse, own.partners, finish=once):
+        if concurrency == 1:
+            _stop_on(stop)
+            with contextlib.suppress(SystemExit, KeyboardInterrupt):
+                serve(make_runner(worker_name()), policy, once=once, stop=stop)
+            return 0
+        context = multiprocessing.get_context("spawn")
+        children = [context.Process(target=_child, args=(make_runner, policy, once), name=f"loader-worker-{n}")
+                    for n in range(1, concurrency + 1)]
         for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+            child.start()
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for child in children:
-        child.join()
-    return 0
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            for child in children:
+                if child.pid is not None and child.is_alive():
+                    os.kill(child.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for child in children:
+            child.join()
+        return 0
 
 
 def make_runner_for(
