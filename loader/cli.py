@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import getpass
 import io
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -37,8 +37,11 @@ from loader.dbt.runner import build_vars
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import capped
 from loader.intake.partners import PartnerSettingsError, load_partners
-from loader.runs import reports
+from loader.runs import reports, retention, review
 from loader.runs.inbox import InboxError, NotALoadFolder, check_submittable, keep, manifest_contract
+from loader.runs.logs import configure as configure_logging
+from loader.runs.logs import format_from_environment
+from loader.runs.notify import send_now
 from loader.runs.pipeline import Runner, RunOutcome, describe_problems
 from loader.runs.progress import Progress, make_progress
 from loader.runs.queue import take_back_expired
@@ -50,6 +53,7 @@ from loader.runs.registry import (
     recent_runs,
     run_history,
     run_record,
+    run_steps,
     start_run,
 )
 from loader.runs.worker import (
@@ -95,6 +99,12 @@ def _print_outcome(outcome: RunOutcome, warehouse: Warehouse, load: str) -> None
         return
     if outcome.message:
         print(outcome.message)
+    if outcome.status == "needs_review":
+        me, quoted = _invoked_as(), shlex.quote(load)
+        print("nothing was published; review the plan, then decide:")
+        print(f"  {me} diff {quoted}       what it would change")
+        print(f"  {me} approve {quoted}    publish it as reviewed")
+        print(f"  {me} reject {quoted} --reason '...'")
     if v is None:
         return
     if v.findings:
@@ -170,6 +180,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         if run.status in ("queued", "running"):
             print(f"run {run.run_id} of {key} is already {run.status}", file=sys.stderr)
             return 1
+        if run.purged_at is not None:
+            print(f"{key} was purged on {run.purged_at:%Y-%m-%d} (retention): its raw data and kept files are"
+                  " gone; its report and exceptions remain. Send the folder again with `loader run PATH`",
+                  file=sys.stderr)
+            return 1
         if kept is None:
             print(f"{key} has no kept files: its folder was refused before anything was kept ({run.message});"
                   " run the folder again with `loader run PATH`", file=sys.stderr)
@@ -188,7 +203,84 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         outcome = serve_until_done(runner, QueuePolicy.of(settings), run_id)
     finally:
         progress.close()
+    send_now(warehouse, runner.partners, run_id=outcome.run_id)
     return _finish_foreground(outcome, warehouse, args)
+
+
+def _reviewer(args: argparse.Namespace) -> str:
+    if args.by:
+        return str(args.by)
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "cli"
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    approved = review.approve(warehouse, key, _reviewer(args))
+    send_now(warehouse, load_partners(settings.partners_file), run_id=approved.run_id)
+    print(f"load {approved.load} (run {approved.run_id}): completed, approved by {_reviewer(args)}")
+    print(f"published the reviewed plan: {approved.inserted:,} inserted, {approved.updated:,} updated")
+    for entity, checksum in approved.checksums.items():
+        print(f"  {entity}: plan checksum {checksum}")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    run_id = review.reject(warehouse, key, _reviewer(args), args.reason)
+    send_now(warehouse, load_partners(settings.partners_file), run_id=run_id)
+    print(f"load {key} (run {run_id}): rejected by {_reviewer(args)}; production untouched")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    key = LoadKey.parse(args.load)
+    warehouse = _warehouse(_settings())
+    if args.entity is not None:
+        with contextlib.closing(warehouse.connect()) as conn:
+            run = latest_run(conn, key)
+        entities = [e.name for e in load_contract(run.contract).entities] if run is not None else []
+        if run is not None and args.entity not in entities:
+            raise UsageError(f"unknown entity {args.entity!r} of {run.contract}; entities: {', '.join(entities)}")
+    preview = review.diff(warehouse, key, args.entity, args.limit)
+    print(json.dumps(preview.as_json(), indent=2, ensure_ascii=False) if args.json
+          else review.describe(preview, args.limit))
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    settings = _settings()
+    days = args.older_than_days if args.older_than_days is not None else settings.retention_days
+    warehouse = _warehouse(settings)
+    plan = retention.purge(warehouse, days, settings.home_dir, dry_run=args.dry_run)
+    verb = "would purge" if args.dry_run else "purged"
+    cutoff = plan.cutoff.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    if not plan.runs:
+        print(f"nothing to purge: no run ended before {cutoff} UTC ({days} days ago) is left unpurged")
+        return 0
+    print(f"{verb} {len(plan.runs)} run(s) that ended before {cutoff} UTC ({days} days ago):")
+    for r in plan.runs:
+        print(f"  run {r.run_id:>6}  {r.status:<10}  {r.ended_at.astimezone(dt.UTC):%Y-%m-%d}  {r.load}")
+    print(f"  raw rows: {plan.raw_rows:,} in {len(plan.raw_files)} file(s)")
+    print(f"  kept folders: {len(plan.kept_folders)}")
+    print(f"  worker slot relations: {len(plan.slots)} slot(s)")
+    print(f"  about {_size(plan.bytes)} in all; ledgers, exceptions and history stay")
+    return 0
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:,.0f} bytes" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return f"{size:,.1f} GiB"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -228,6 +320,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     print(f"load {body['load']} ({body['contract']}): {body['status']}")
     print(f"started {body['started_at'] or '-'}, completed {body['completed_at'] or '-'}")
+    for held in body.get("held_because", []):
+        print(f"held because {held['entity']} {held['threshold']}: {held['value']}% > {held['limit']}%")
+    if body["status"] in ("needs_review", "rejected") and "held_because" in body:
+        print("nothing was published: the ledger says what publishing would do")
     _print_ledger(body)
     return 0
 
@@ -341,20 +437,32 @@ def cmd_show(args: argparse.Namespace) -> int:
         _take_back_dead_runs(conn, settings)
         run = latest_run(conn, key)
         history = run_history(conn, run.run_id) if run is not None else []
+        steps = run_steps(conn, run.run_id) if run is not None else []
     if run is None:
         print(f"unknown load {key}", file=sys.stderr)
         return 1
+    lag = (run.started_at - run.queued_at).total_seconds() if run.started_at else None
     if args.json:
-        body = {**run.model_dump(mode="json"), "history": [h.model_dump(mode="json") for h in history]}
+        body = {**run.model_dump(mode="json"), "queue_lag_seconds": None if lag is None else round(lag, 3),
+                "steps": [s.model_dump(mode="json") for s in steps],
+                "history": [h.model_dump(mode="json") for h in history]}
         print(json.dumps(body, indent=2))
         return 0
     print(f"load {run.load} (run {run.run_id}, {run.contract}): {run.status}")
     if run.message:
         print(run.message)
     print(f"started by {run.triggered_by}; {run.error_count} error(s), {run.warning_count} warning(s)")
+    if lag is not None:
+        print(f"waited {lag:.1f} s in the queue")
+    if steps:
+        print("steps:")
+        for s in steps:
+            rate = f"  {s.rows:,} rows, {s.rows_per_second:,.0f} rows/s" if s.rows and s.rows_per_second else ""
+            print(f"  {s.step:<10} {s.seconds:>9.2f} s{rate}")
     print("history:")
     for h in history:
-        print(f"  {h.at.strftime('%Y-%m-%d %H:%M:%S')}  {h.status:<12}  {h.message or ''}")
+        by = f" (by {h.by})" if h.by else ""
+        print(f"  {h.at.strftime('%Y-%m-%d %H:%M:%S')}  {h.status:<12}  {h.message or ''}{by}")
     return 0
 
 
@@ -398,6 +506,24 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--triggered-by", default="cli:submit", help="who or what queued the run")
     submit.set_defaults(func=cmd_submit)
 
+    approve = sub.add_parser("approve", help="publish a held (needs_review) load exactly as it was reviewed")
+    approve.add_argument("load", help="partner_id/shop_id/load_id")
+    approve.add_argument("--by", help="who approves (default: your user name)")
+    approve.set_defaults(func=cmd_approve)
+
+    reject = sub.add_parser("reject", help="discard a held load: status rejected, production untouched")
+    reject.add_argument("load", help="partner_id/shop_id/load_id")
+    reject.add_argument("--by", help="who rejects (default: your user name)")
+    reject.add_argument("--reason", help="why, for the run's history")
+    reject.set_defaults(func=cmd_reject)
+
+    diff = sub.add_parser("diff", help="what a held load would change: rows to insert, and each changed column")
+    diff.add_argument("load", help="partner_id/shop_id/load_id")
+    diff.add_argument("--entity", help="only this entity (customers, vehicles, ...)")
+    diff.add_argument("--limit", type=_positive_int, default=20, help="example rows of each kind per entity")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(func=cmd_diff)
+
     worker = sub.add_parser("worker", help="run queued loads (FIFO per shop, shops side by side)")
     worker.add_argument("--once", action="store_true", help="return when nothing is queued or running")
     worker.add_argument("--concurrency", type=_positive_int, default=2,
@@ -426,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     exc.add_argument("--entity", help="only this entity (customers, vehicles, ...)")
     exc.add_argument("--format", choices=("csv", "json"), default="csv")
     exc.set_defaults(func=cmd_exceptions)
+
+    purge = sub.add_parser("purge", help="drop raw data, dbt relations and kept files of runs past retention")
+    purge.add_argument("--older-than-days", type=_positive_int,
+                       help="runs that ended more than this many days ago (default LOADER_RETENTION_DAYS, 90)")
+    purge.add_argument("--dry-run", action="store_true", help="only list what would go, with rows and bytes")
+    purge.set_defaults(func=cmd_purge)
 
     dbt_vars = sub.add_parser("dbt-vars", help="the --vars for building a load's latest run with dbt by hand")
     dbt_vars.add_argument("load", help="partner_id/shop_id/load_id")
@@ -510,8 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.psql_args = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(format_from_environment(), verbose=args.verbose)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stdout = sys.stdout
@@ -522,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, LoadKeyError, PartnerSettingsError, WarehouseUrlError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (WarehouseUnavailable, InboxError) as exc:
+    except (WarehouseUnavailable, InboxError, review.ReviewError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

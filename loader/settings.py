@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,17 @@ class LoaderSettings(BaseSettings):
     retry_max_seconds: float = Field(default=300.0, ge=0, le=86400, description="the longest delay between retries")
     poll_seconds: float = Field(default=2.0, gt=0, le=300,
                                 description="how often an idle worker looks at the queue (it is also woken at once)")
+    retention_days: int = Field(default=90, ge=1, le=36500,
+                                description="loader purge drops the raw data and kept files of runs older than this")
+    dashboard_url: str = Field(default="http://127.0.0.1:8501",
+                               description="the dashboard's base URL, for links in notifications")
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120, description="how long one webhook POST may take")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100,
+                                      description="tries of one webhook delivery before it is given up")
+    webhook_retry_base_seconds: float = Field(default=10.0, ge=0, le=3600,
+                                              description="the first redelivery's delay; each next one doubles it")
+    log_format: Literal["text", "json"] = Field(default="text",
+                                                description="text, or json: one JSON object per line")
 
     @field_validator("database_url")
     @classmethod

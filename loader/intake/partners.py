@@ -1,10 +1,14 @@
-"""Partner settings: per-partner file encoding and date format, from a YAML file."""
+"""Partner settings from a YAML file: per partner the files' encoding and date format, the
+review thresholds (with per-shop overrides) and the webhooks to notify."""
 
 from __future__ import annotations
 
 import codecs
 import datetime as dt
+import re
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,11 +20,71 @@ class PartnerSettingsError(ValueError):
     """The partner settings file is unreadable or invalid; the message names the file and setting."""
 
 
+Event = Literal["completed", "failed", "needs_review", "rejected"]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Thresholds(BaseModel):
+    """Limits past which a load is held for review (needs_review) instead of published; None is no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_reject_pct: float | None = Field(default=None, ge=0, le=100,
+                                         description="share of an entity's landed rows that are rejected")
+    max_update_pct: float | None = Field(default=None, ge=0, le=100,
+                                         description="share of the shop's production rows of an entity updated")
+
+    def overridden_by(self, other: Thresholds) -> Thresholds:
+        """These limits with every one that `other` sets replaced by `other`'s."""
+        return self.model_copy(update=other.model_dump(exclude_unset=True))
+
+
+class Webhook(BaseModel):
+    """A URL that is POSTed a JSON summary of each of the partner's runs that ends in one of `events`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="http:// or https:// URL")
+    events: list[Event] = Field(min_length=1, description="of completed, failed, needs_review, rejected")
+    secret_env: str = Field(description="environment variable holding the HMAC-SHA256 signing secret")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _no_repeats(cls, value: list[Event]) -> list[Event]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("secret_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+class ShopSettings(BaseModel):
+    """What one shop (or district) of a partner overrides."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
 class PartnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     encoding: str = Field(default="utf-8", description="encoding of the partner's CSV files")
     date_format: str | None = Field(default=None, description="strftime format of dates, e.g. %m/%d/%Y")
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    notify: list[Webhook] = Field(default_factory=list)
+    shops: dict[str, ShopSettings] = Field(default_factory=dict)
 
     @field_validator("encoding")
     @classmethod
@@ -48,6 +112,18 @@ class PartnerSettings(BaseModel):
         if parsed != sample:
             raise ValueError(f"date_format {value!r} must hold a day, a month and a four-digit year")
         return value
+
+    @field_validator("shops")
+    @classmethod
+    def _valid_shop_ids(cls, value: dict[str, ShopSettings]) -> dict[str, ShopSettings]:
+        for shop_id in value:
+            if not PART.fullmatch(shop_id):
+                raise ValueError(f"shop id {shop_id!r} is not a valid load key part")
+        return value
+
+    def thresholds_for(self, shop_id: str) -> Thresholds:
+        shop = self.shops.get(shop_id)
+        return self.thresholds if shop is None else self.thresholds.overridden_by(shop.thresholds)
 
 
 class PartnersFile(BaseModel):

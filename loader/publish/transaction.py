@@ -59,7 +59,7 @@ def _hash_joins(cur: psycopg2.extensions.cursor) -> Iterator[None]:
     cur.execute("select set_config('enable_nestloop', %s, true)", (previous,))
 
 
-def _business_columns(cur: psycopg2.extensions.cursor, schema: str, table: str) -> list[str]:
+def business_columns(cur: psycopg2.extensions.cursor, schema: str, table: str) -> list[str]:
     cur.execute(
         "select column_name from information_schema.columns where table_schema = %s and table_name = %s"
         " order by ordinal_position",
@@ -73,7 +73,7 @@ def _publish_entity(
 ) -> EntityPublished:
     target = sql.Identifier(contract.production_schema, entity)
     crosswalk = sql.Identifier(contract.production_schema, "id_crosswalk")
-    columns = _business_columns(cur, contract.production_schema, entity)
+    columns = business_columns(cur, contract.production_schema, entity)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     fmt = {"target": target, "plan": plan.ident(), "cols": cols, "crosswalk": crosswalk}
     # The plan says which rows are new: those go in with a plain INSERT, which
@@ -184,6 +184,11 @@ class Publisher:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def done(self) -> list[EntityPublished]:
+        """The plans applied so far (all of them, once `finish` has waited for the publishing thread)."""
+        return list(self._done)
 
     def model_built(self, model: str, relation: Relation) -> None:
         """dbt built `model` (any model; plans are picked out by name). Called from dbt's threads."""

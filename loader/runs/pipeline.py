@@ -13,19 +13,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2.extensions
+from psycopg2.extras import Json
 
 from loader.contracts import Contract
 from loader.database import Warehouse
-from loader.dbt.relations import Relation
+from loader.dbt.relations import Relation, built_relation, dbt_relation
 from loader.dbt.runner import dbt_build
 from loader.formats.header import CsvFileError
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import Problem, Verification, record_count_problems, verify_folder
-from loader.intake.partners import PartnersFile
+from loader.intake.partners import PartnersFile, Thresholds
 from loader.landing.raw_copy import LandingError
 from loader.landing.spool import LandedFile, load, preload_unless_landed, prepare
 from loader.publish.identical_rerun import carry_over, fingerprint, previous_identical_run
@@ -40,15 +43,18 @@ from loader.runs.registry import (
     record_problems,
     record_run_files,
     save_audit,
+    save_steps,
     set_build_context,
     shop_lock,
 )
 from loader.runs.retry import TransientFailure, is_transient, transient_dbt_failure
+from loader.runs.review import Crossed, crossed_thresholds, discard_plan, keep_plan
 from loader.runs.slots import Slot, build_slot
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES: dict[str, int] = {"completed": 0, "failed": 1, "rejected": 2, "needs_review": 3}
+# A run left queued behind a held load of its shop is held too, for the person who ran it.
+EXIT_CODES: dict[str, int] = {"completed": 0, "failed": 1, "rejected": 2, "needs_review": 3, "queued": 3}
 
 
 class LeaseLost(RuntimeError):
@@ -84,13 +90,40 @@ class Runner:
 
 
 @dataclass
+class _Step:
+    """A step of a run, timed from `started` until it ends (or until the run's outcome is saved, if sooner)."""
+
+    name: str
+    started: float
+    clock: float
+    seconds: float | None = None
+    # What the step handled, where that is known.
+    rows: int | None = None
+
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.monotonic() - self.clock
+
+
+@dataclass
 class _Run:
-    """One execution of a claimed run: its connection and the worker that holds it."""
+    """One execution of a claimed run: its connection, the worker that holds it and how long its steps took."""
 
     runner: Runner
     claimed: ClaimedRun
     conn: psycopg2.extensions.connection
     warehouse: Warehouse
+    heartbeat: Heartbeat
+    steps: list[_Step] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[_Step]:
+        """Time a step; the steps so far are saved with the run's outcome."""
+        timed = _Step(name, time.time(), time.monotonic())
+        self.steps.append(timed)
+        try:
+            yield timed
+        finally:
+            timed.seconds = timed.elapsed()
 
     @property
     def run_id(self) -> int:
@@ -103,9 +136,11 @@ class _Run:
             with self.conn, self.conn.cursor() as own:
                 self.set(status, detail, errors=errors, warnings=warnings, cur=own)
             return
+        self.heartbeat.ending()
         if not move(cur, self.run_id, status, detail, error_count=errors, warning_count=warnings,
                     owner=self.runner.worker):
             raise self.lost()
+        save_steps(cur, self.run_id, [(s.name, s.started, s.elapsed(), s.rows) for s in self.steps])
 
     def hold(self, cur: psycopg2.extensions.cursor) -> None:
         """Lock the run for the outcome this transaction commits; raises LeaseLost if the worker lost it."""
@@ -124,8 +159,8 @@ def execute(runner: Runner, claimed: ClaimedRun) -> RunOutcome:
     """
     warehouse = runner.warehouse.named(run_connection_name(claimed.run_id))
     with contextlib.closing(warehouse.connect()) as conn, \
-            Heartbeat(warehouse, claimed.run_id, runner.worker, runner.lease_seconds):
-        run = _Run(runner, claimed, conn, warehouse)
+            Heartbeat(warehouse, claimed.run_id, runner.worker, runner.lease_seconds) as heartbeat:
+        run = _Run(runner, claimed, conn, warehouse, heartbeat)
         try:
             return _execute(run)
         except (LeaseLost, TransientFailure):
@@ -144,8 +179,11 @@ def _describe(exc: BaseException) -> str:
 def _forget_earlier_attempt(conn: psycopg2.extensions.connection, run_id: int) -> None:
     """What an earlier attempt of this run recorded about its files: this attempt finds it again."""
     with conn, conn.cursor() as cur:
-        for table in ("run_problems", "run_files", "run_ledger", "run_exceptions"):
+        for table in ("run_problems", "run_files", "run_ledger", "run_exceptions", "run_steps"):
             cur.execute(f"delete from loader_registry.{table} where run_id = %s", (run_id,))
+        # A held run run again makes a new plan, checked afresh.
+        discard_plan(cur, run_id)
+        cur.execute("update loader_registry.runs set held_because = null where run_id = %s", (run_id,))
 
 
 def _execute(run: _Run) -> RunOutcome:
@@ -159,8 +197,9 @@ def _execute(run: _Run) -> RunOutcome:
     runner.progress.status(f"verifying {folder}")
     preload_unless_landed(conn, folder)
     # Record counts are checked below, from the landing parse, before anything is written.
-    verification = verify_folder(folder, runner.partners.for_partner, count_records=False,
-                                 on_file=lambda name: runner.progress.status(f"checking {name}"))
+    with run.step("verify"):
+        verification = verify_folder(folder, runner.partners.for_partner, count_records=False,
+                                     on_file=lambda name: runner.progress.status(f"checking {name}"))
     faults.reach("verified")
     if not verification.ok:
         # A refused folder is not landed, so count its records here to report every problem at once.
@@ -175,25 +214,28 @@ def _execute(run: _Run) -> RunOutcome:
     settings = runner.partners.for_partner(key.partner_id)
     with contextlib.closing(run.warehouse.connect()) as lock_conn, shop_lock(lock_conn, key), \
             build_slot(lock_conn, runner.home) as slot:
-        try:
-            prepared = prepare(conn, key, verification.files, settings.encoding, runner.land_workers,
-                               runner.progress, slot.scratch)
-        except CsvFileError as exc:
-            return _refuse(run, verification, [Problem("csv", f"cannot be read as CSV: {exc}", file=exc.file_name)])
-        counts = [p for pf in prepared.files for p in record_count_problems(pf.file, pf.records)]
-        if counts:
-            prepared.discard()
-            return _refuse(run, verification, counts)
+        with run.step("land") as landing:
+            try:
+                prepared = prepare(conn, key, verification.files, settings.encoding, runner.land_workers,
+                                   runner.progress, slot.scratch)
+            except CsvFileError as exc:
+                return _refuse(run, verification, [Problem("csv", f"cannot be read as CSV: {exc}",
+                                                           file=exc.file_name)])
+            counts = [p for pf in prepared.files for p in record_count_problems(pf.file, pf.records)]
+            if counts:
+                prepared.discard()
+                return _refuse(run, verification, counts)
 
-        record_problems(conn, run.run_id, verification.findings)
-        try:
-            landed = load(run.warehouse, conn, contract, key, prepared, runner.land_workers, runner.progress,
-                          slot.scratch)
-        except LandingError as exc:
-            if is_transient(exc):
-                raise TransientFailure(str(exc)) from exc
-            log.debug("landing failed", exc_info=True)
-            return _failed(run, verification, [], str(exc))
+            record_problems(conn, run.run_id, verification.findings)
+            try:
+                landed = load(run.warehouse, conn, contract, key, prepared, runner.land_workers, runner.progress,
+                              slot.scratch)
+            except LandingError as exc:
+                if is_transient(exc):
+                    raise TransientFailure(str(exc)) from exc
+                log.debug("landing failed", exc_info=True)
+                return _failed(run, verification, [], str(exc))
+            landing.rows = sum(lf.rows for lf in landed)
         record_run_files(conn, run.run_id, [(lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
                                             for lf, vf in zip(landed, verification.files, strict=True)])
         if not runner.transform:
@@ -246,6 +288,7 @@ def _transform_and_publish(
     message = f"published into {contract.production_schema}"
 
     def record_outcome(cur: psycopg2.extensions.cursor) -> None:
+        publishing.rows = sum(d.inserted + d.updated for d in publisher.done)
         run.hold(cur)
         save_audit(cur, slot.target_dir, run.run_id)
         _complete(run, cur, digest, message)
@@ -255,23 +298,54 @@ def _transform_and_publish(
         faults.reach("dbt")
         publisher.model_built(model, relation)
 
+    rows = sum(lf.rows for lf in landed)
+    thresholds = run.runner.partners.for_partner(key.partner_id).thresholds_for(key.shop_id)
     with contextlib.closing(run.warehouse.connect()) as publish_conn:
         publisher = Publisher(publish_conn, contract, key)
         publisher.start()
-        outcome = dbt_build(run.warehouse, slot, on_model_built=model_built)
+        with run.step("dbt build") as building:
+            building.rows = rows
+            outcome = dbt_build(run.warehouse, slot, on_model_built=model_built)
         transient = transient_dbt_failure(outcome)
-        try:
-            publisher.finish(commit=outcome.success, before_commit=record_outcome)
-            faults.reach("committed")
-        except PublishError as exc:
-            if is_transient(exc):
-                raise TransientFailure(str(exc)) from exc
-            return _failed(run, verification, landed, str(exc), slot)
+        held = _crossed(run, thresholds, contract, key, slot) if outcome.success else []
+        with run.step("publish") as publishing:
+            try:
+                publisher.finish(commit=outcome.success and not held, before_commit=record_outcome)
+                faults.reach("committed")
+            except PublishError as exc:
+                if is_transient(exc):
+                    raise TransientFailure(str(exc)) from exc
+                return _failed(run, verification, landed, str(exc), slot)
     if transient is not None:
         raise TransientFailure(transient)
     if not outcome.success:
         return _failed(run, verification, landed, outcome.summary(), slot)
+    if held:
+        return _hold(run, contract, key, verification, landed, slot, held, digest)
     return RunOutcome(run.run_id, "completed", verification, landed)
+
+
+def _crossed(run: _Run, thresholds: Thresholds, contract: Contract, key: LoadKey, slot: Slot) -> list[Crossed]:
+    """The thresholds the plan crosses, against production as it is before this load (run.conn sees no publish)."""
+    with run.conn, run.conn.cursor() as cur:
+        ledger = built_relation(cur, slot.target_dir, "ledger")
+        return [] if ledger is None else crossed_thresholds(cur, thresholds, contract, key, ledger, run.run_id)
+
+
+def _hold(run: _Run, contract: Contract, key: LoadKey, verification: Verification, landed: list[LandedFile],
+          slot: Slot, held: list[Crossed], digest: str) -> RunOutcome:
+    """Keep the plan that was checked, with the would-be ledger, and hold the run for review (nothing published)."""
+    message = "held for review: " + "; ".join(str(c) for c in held)
+    plans = {f"publish_{e.name}": dbt_relation(slot.target_dir, f"publish_{e.name}") for e in contract.entities}
+    with run.conn, run.conn.cursor() as cur:
+        run.hold(cur)
+        keep_plan(cur, contract, key, run.run_id, plans)
+        save_audit(cur, slot.target_dir, run.run_id)
+        cur.execute("update loader_registry.runs set held_because = %s, fingerprint = %s where run_id = %s",
+                    (Json([c.as_json() for c in held]), digest, run.run_id))
+        errors, warnings = exception_counts(cur, run.run_id)
+        run.set("needs_review", message, errors=errors, warnings=warnings, cur=cur)
+    return RunOutcome(run.run_id, "needs_review", verification, landed, message=message)
 
 
 def _complete(run: _Run, cur: psycopg2.extensions.cursor, digest: str, message: str) -> None:

@@ -119,7 +119,12 @@ class Heartbeat:
         self._worker = worker
         self._interval = min(max(lease_seconds / 5, 0.2), 10.0)
         self._stop = threading.Event()
+        self._ending = False
         self._thread = threading.Thread(target=self._beat, name=f"loader-lease-{run_id}", daemon=True)
+
+    def ending(self) -> None:
+        """The run's outcome is being committed, which ends the lease: a renewal that finds none is no news."""
+        self._ending = True
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -138,8 +143,9 @@ class Heartbeat:
                     if conn is None or conn.closed:
                         conn = self._warehouse.connect()
                     if not renew(conn, self._run_id, self._worker):
-                        # Taken back: this worker's writes are fenced by the lease from now on.
-                        log.warning("run %s was taken back from worker %s", self._run_id, self._worker)
+                        # Taken back (or ended): this worker's writes are fenced by the lease from now on.
+                        if not self._ending:
+                            log.warning("run %s was taken back from worker %s", self._run_id, self._worker)
                         return
                 except (psycopg2.Error, WarehouseUnavailable) as exc:
                     log.warning("could not renew the lease of run %s: %s", self._run_id, exc)
@@ -243,6 +249,25 @@ def work_left(conn: psycopg2.extensions.connection) -> bool:
         )
         row = cur.fetchone()
     return bool(row and row[0])
+
+
+def held_ahead(conn: psycopg2.extensions.connection, run_id: int) -> tuple[int, str] | None:
+    """The held (needs_review) run of a queued run's shop, which the queued run waits behind: (run id, load)."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            select o.run_id, o.partner_id || '/' || o.shop_id || '/' || o.load_id
+            from loader_registry.runs as r
+            inner join loader_registry.runs as o
+                on o.partner_id = r.partner_id and o.shop_id = r.shop_id and o.status = 'needs_review'
+            where r.run_id = %s and r.status = 'queued'
+            order by o.run_id
+            limit 1
+            """,
+            (run_id,),
+        )
+        row = cur.fetchone()
+    return (int(row[0]), str(row[1])) if row else None
 
 
 def listen(conn: psycopg2.extensions.connection) -> None:

@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg2.extensions
 from psycopg2 import sql
@@ -43,11 +43,15 @@ class RunRecord(BaseModel):
     error_count: int
     warning_count: int
     message: str | None
+    # The thresholds a held run crossed: {"threshold", "entity", "value", "limit"} each.
+    held_because: list[dict[str, Any]] | None = None
+    # When retention removed its raw data and kept files (loader purge).
+    purged_at: UtcTime | None = None
 
 
 _RUN_COLUMNS = """
     run_id, partner_id || '/' || shop_id || '/' || load_id, contract, status, triggered_by, attempts,
-    queued_at, started_at, completed_at, error_count, warning_count, message
+    queued_at, started_at, completed_at, error_count, warning_count, message, held_because, purged_at
 """
 
 
@@ -113,13 +117,15 @@ def move(
     warning_count: int | None = None,
     owner: str | None = None,
     not_before: float | None = None,
+    by: str | None = None,
 ) -> bool:
     """Move a run to `status` inside the caller's transaction; the database refuses a move not allowed.
 
     With `owner`, only while that worker holds the run's lease: a worker that
     was given up for dead (and whose run another worker took) moves nothing.
     Returns whether the run moved. `not_before` (seconds from now) delays a
-    queued run's next start.
+    queued run's next start. `by`: the person who moved it (approve, reject),
+    kept in its history.
     """
     detail = storable(detail)
     cur.execute(
@@ -149,12 +155,13 @@ def move(
     if cur.rowcount == 0:
         return False
     cur.execute(
-        "insert into loader_registry.run_status_history (run_id, status, detail) values (%s, %s, %s)",
-        (run_id, status, detail),
+        "insert into loader_registry.run_status_history (run_id, status, detail, changed_by) values (%s, %s, %s, %s)",
+        (run_id, status, detail, by),
     )
     if status != "running":
         cur.execute("delete from loader_registry.run_leases where run_id = %s", (run_id,))
-    if status == "queued":
+    if status == "queued" or by is not None:
+        # Queued, or a held run decided: its shop's next run may start.
         cur.execute("select pg_notify('loader_queue', %s)", (str(run_id),))
     return True
 
@@ -224,17 +231,18 @@ class HistoryEntry(BaseModel):
     status: RunStatus
     at: UtcTime
     message: str | None
+    by: str | None = None
 
 
 def run_history(conn: psycopg2.extensions.connection, run_id: int) -> list[HistoryEntry]:
     """Every status change of a run, oldest first."""
     with conn, conn.cursor() as cur:
         cur.execute(
-            "select status, changed_at, detail from loader_registry.run_status_history where run_id = %s"
-            " order by history_id",
+            "select status, changed_at, detail, changed_by from loader_registry.run_status_history"
+            " where run_id = %s order by history_id",
             (run_id,),
         )
-        return [HistoryEntry(status=s, at=at, message=m) for s, at, m in cur.fetchall()]
+        return [HistoryEntry(status=s, at=at, message=m, by=by) for s, at, m, by in cur.fetchall()]
 
 
 def run_record(conn: psycopg2.extensions.connection, run_id: int) -> RunRecord | None:
@@ -301,6 +309,34 @@ def save_audit(cur: psycopg2.extensions.cursor, target_dir: Path, run_id: int, *
                 table=registry_table, cols=cols, built=relation.ident()),
             (run_id,),
         )
+
+
+def save_steps(cur: psycopg2.extensions.cursor, run_id: int,
+               steps: Sequence[tuple[str, float, float, int | None]]) -> None:
+    """Replace the run's step timings: (step, started as a Unix time, seconds, rows) each."""
+    cur.execute("delete from loader_registry.run_steps where run_id = %s", (run_id,))
+    cur.executemany(
+        "insert into loader_registry.run_steps (run_id, step, step_order, started_at, seconds, rows)"
+        " values (%s, %s, %s, to_timestamp(%s), %s, %s)",
+        [(run_id, name, order, started, seconds, rows) for order, (name, started, seconds, rows) in enumerate(steps)],
+    )
+
+
+class StepTiming(BaseModel):
+    step: str
+    seconds: float
+    rows: int | None
+    rows_per_second: float | None
+
+
+def run_steps(conn: psycopg2.extensions.connection, run_id: int) -> list[StepTiming]:
+    """How long each step of the run's last attempt took, in order."""
+    with conn, conn.cursor() as cur:
+        cur.execute("select step, seconds, rows from loader_registry.run_steps where run_id = %s order by step_order",
+                    (run_id,))
+        return [StepTiming(step=step, seconds=round(seconds, 3), rows=rows,
+                           rows_per_second=round(rows / seconds, 1) if rows and seconds > 0 else None)
+                for step, seconds, rows in cur.fetchall()]
 
 
 def exception_counts(cur: psycopg2.extensions.cursor, run_id: int) -> tuple[int, int]:

@@ -234,6 +234,53 @@ create table if not exists loader_registry.run_exceptions (
 
 create index if not exists run_exceptions_run on loader_registry.run_exceptions (run_id, entity, row_number);
 
+-- The state machine and the append-only history hold in every session, also
+-- where session_replication_role = replica: the publish sets that (to skip
+-- foreign-key triggers) in the very transaction that completes a run.
+alter table loader_registry.runs enable always trigger runs_state_machine;
+alter table loader_registry.run_status_history enable always trigger run_status_history_append_only;
+alter table loader_registry.run_status_history enable always trigger run_status_history_no_truncate;
+
+-- Review: why a held run was held, one object per threshold crossed
+-- ({"threshold", "entity", "value", "limit"}); and who moved a run, and when
+-- its raw data and kept files were purged (retention).
+alter table loader_registry.runs add column if not exists held_because jsonb;
+alter table loader_registry.runs add column if not exists purged_at timestamptz;
+alter table loader_registry.run_status_history add column if not exists changed_by text;
+
+-- A purged file's raw rows are gone: the same file arriving again is landed anew.
+alter table loader_registry.landed_files drop constraint if exists landed_files_state_check;
+alter table loader_registry.landed_files add constraint landed_files_state_check
+check (state in ('landing', 'landed', 'purged'));
+
+-- The plan of a held run, kept for review (tables in schema loader_review):
+-- per entity its checksum and counts when it was checked, so that approve
+-- publishes exactly that plan or nothing. discarded_at: the kept tables were
+-- dropped (approved, rejected, rerun or purged).
+create table if not exists loader_registry.run_review_plans (
+    run_id bigint not null references loader_registry.runs (run_id),
+    entity text not null,
+    entity_order integer not null,
+    checksum text not null,
+    inserts bigint not null,
+    updates bigint not null,
+    unchanged bigint not null,
+    kept_at timestamptz not null default clock_timestamp(),
+    discarded_at timestamptz,
+    primary key (run_id, entity)
+);
+
+-- How long each step of a run's last attempt took and how many rows it handled.
+create table if not exists loader_registry.run_steps (
+    run_id bigint not null references loader_registry.runs (run_id),
+    step text not null check (step in ('verify', 'land', 'dbt build', 'publish')),
+    step_order integer not null,
+    started_at timestamptz not null,
+    seconds double precision not null check (seconds >= 0),
+    rows bigint,
+    primary key (run_id, step)
+);
+
 -- The digest of other DDL the loader applies once per version (each contract's
 -- production and raw tables, see database.apply_once), by name.
 create table if not exists loader_registry.ddl_versions (

@@ -61,6 +61,9 @@ def report(conn: psycopg2.extensions.connection, key: LoadKey) -> dict[str, Any]
     }
     if entities is None:
         body["no_ledger"] = no_ledger_reason(run)
+    if run.held_because is not None:
+        # The counters of a held (or, after review, rejected) run are what publishing would have done.
+        body["held_because"] = run.held_because
     return body
 
 

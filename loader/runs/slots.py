@@ -71,11 +71,7 @@ def build_slot(conn: psycopg2.extensions.connection, home: Path) -> Iterator[Slo
     locks = home / "dbt" / "slots"
     locks.mkdir(parents=True, exist_ok=True)
     for number in range(1, MAX_SLOTS + 1):
-        with conn.cursor() as cur:
-            cur.execute("select pg_try_advisory_lock(hashtext(%s), %s)", (_LOCK_CLASS, number))
-            got = bool(one_row(cur)[0])
-        conn.commit()
-        if not got:
+        if not _try_lock(conn, number):
             continue
         fd = os.open(locks / f"slot-{number}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -96,6 +92,25 @@ def build_slot(conn: psycopg2.extensions.connection, home: Path) -> Iterator[Slo
             _unlock(conn, number)
         return
     raise NoFreeSlot(f"all {MAX_SLOTS} build slots are taken")
+
+
+@contextlib.contextmanager
+def slot_lock(conn: psycopg2.extensions.connection, number: int) -> Iterator[bool]:
+    """Hold slot `number` in the database, if no one does (yields whether it is held), for work on its relations."""
+    got = _try_lock(conn, number)
+    try:
+        yield got
+    finally:
+        if got:
+            _unlock(conn, number)
+
+
+def _try_lock(conn: psycopg2.extensions.connection, number: int) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("select pg_try_advisory_lock(hashtext(%s), %s)", (_LOCK_CLASS, number))
+        got = bool(one_row(cur)[0])
+    conn.commit()
+    return got
 
 
 def _unlock(conn: psycopg2.extensions.connection, number: int) -> None:

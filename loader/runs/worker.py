@@ -33,10 +33,11 @@ from loader.database import Warehouse, WarehouseUnavailable
 from loader.intake.manifest import capped, verify_folder
 from loader.intake.partners import PartnersFile, load_partners
 from loader.runs.inbox import NotALoadFolder, check_submittable, keep, manifest_contract
+from loader.runs.logs import ensure_configured, lines, run_context
 from loader.runs.notify import send_now, sending
 from loader.runs.pipeline import LeaseLost, Runner, RunOutcome, describe_problems, execute, parts_of
 from loader.runs.progress import LogProgress, Progress
-from loader.runs.queue import ClaimedRun, claim, listen, take_back_expired, wait, work_left
+from loader.runs.queue import ClaimedRun, claim, held_ahead, listen, take_back_expired, wait, work_left
 from loader.runs.registry import (
     FINAL_STATUSES,
     ensure_registry,
@@ -76,29 +77,34 @@ def worker_name(role: str = "worker") -> str:
 
 def process(runner: Runner, claimed: ClaimedRun, policy: QueuePolicy, *,
             when_stopped: Literal["requeue", "fail"]) -> RunOutcome | None:
-    """Execute a claimed run and record how it ended; None when it is not over (retried, or taken back)."""
-    try:
-        return execute(runner, claimed)
-    except LeaseLost as exc:
-        log.warning("%s; leaving it to the worker that took it", exc)
-        return None
-    except TransientFailure as exc:
-        _after_transient(runner, claimed, policy, str(exc))
-        return None
-    except Exception as exc:
-        # A bug or an unforeseen failure: the run must not stay `running` after this.
-        log.debug("run %s failed unexpectedly", claimed.run_id, exc_info=True)
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        _record_quietly(runner, claimed.run_id, "failed", message, policy)
-        return RunOutcome(claimed.run_id, "failed", None, message=message)
-    except BaseException:
-        if when_stopped == "requeue":
-            _record_quietly(runner, claimed.run_id, "queued",
-                            f"worker {runner.worker} was stopped during the run; queued to run again", policy)
-        else:
-            _record_quietly(runner, claimed.run_id, "failed", "interrupted: the loader was stopped during the run",
-                            policy)
-        raise
+    """Execute a claimed run and record how it ended; None when it is not over (retried, or taken back).
+
+    Every line logged meanwhile, by any thread of the process, names the run.
+    """
+    ensure_configured()
+    with run_context(claimed.run_id, claimed.load, runner.worker):
+        try:
+            return execute(runner, claimed)
+        except LeaseLost as exc:
+            log.warning("%s; leaving it to the worker that took it", exc)
+            return None
+        except TransientFailure as exc:
+            _after_transient(runner, claimed, policy, str(exc))
+            return None
+        except Exception as exc:
+            # A bug or an unforeseen failure: the run must not stay `running` after this.
+            log.debug("run %s failed unexpectedly", claimed.run_id, exc_info=True)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            _record_quietly(runner, claimed.run_id, "failed", message, policy)
+            return RunOutcome(claimed.run_id, "failed", None, message=message)
+        except BaseException:
+            if when_stopped == "requeue":
+                _record_quietly(runner, claimed.run_id, "queued",
+                                f"worker {runner.worker} was stopped during the run; queued to run again", policy)
+            else:
+                _record_quietly(runner, claimed.run_id, "failed",
+                                "interrupted: the loader was stopped during the run", policy)
+            raise
 
 
 def _with_database(runner: Runner, policy: QueuePolicy, write: Callable[[psycopg2.extensions.connection], None],
@@ -149,9 +155,13 @@ def _after_transient(runner: Runner, claimed: ClaimedRun, policy: QueuePolicy, r
     _with_database(runner, policy, write, f"record the failed attempt of run {claimed.run_id}")
 
 
+_said = lines("loader.worker", lambda: sys.stdout, "%Y-%m-%d %H:%M:%S")
+
+
 def say(text: str) -> None:
-    """One line of a worker's log, timed, on stdout (flushed: it is usually a pipe or a file)."""
-    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}", flush=True)
+    """One line of a worker's log on stdout: `[time] text`, or a JSON object (flushed: usually a pipe or a file)."""
+    ensure_configured()
+    _said.info(text)
 
 
 def serve(runner: Runner, policy: QueuePolicy, *, once: bool, stop: threading.Event,
@@ -170,14 +180,15 @@ def serve(runner: Runner, policy: QueuePolicy, *, once: bool, stop: threading.Ev
                 claimed = claim(conn, runner.worker)
                 failures = 0
                 if claimed is not None:
-                    report(f"run {claimed.run_id} {claimed.load}: started (attempt {claimed.attempts})")
-                    outcome = process(runner, claimed, policy, when_stopped="requeue")
-                    if outcome is not None:
-                        report(f"run {claimed.run_id} {claimed.load}: {outcome.status}"
-                               + (f" ({outcome.message})" if outcome.message else ""))
-                        if outcome.status == "rejected" and outcome.verification is not None:
-                            for line in describe_problems(capped(outcome.verification.refusals)):
-                                report(line)
+                    with run_context(claimed.run_id, claimed.load, runner.worker):
+                        report(f"run {claimed.run_id} {claimed.load}: started (attempt {claimed.attempts})")
+                        outcome = process(runner, claimed, policy, when_stopped="requeue")
+                        if outcome is not None:
+                            report(f"run {claimed.run_id} {claimed.load}: {outcome.status}"
+                                   + (f" ({outcome.message})" if outcome.message else ""))
+                            if outcome.status == "rejected" and outcome.verification is not None:
+                                for line in describe_problems(capped(outcome.verification.refusals)):
+                                    report(line)
                     continue
                 if once and not work_left(conn):
                     return
@@ -321,6 +332,12 @@ class _Waiting:
                 if self.own is not None and self.own.status == record.status:
                     return self.own
                 return RunOutcome(self.run_id, record.status, None, message=record.message)
+            held = held_ahead(conn, self.run_id)
+            if held is not None:
+                return RunOutcome(self.run_id, "queued", None, message=(
+                    f"queued behind load {held[1]} (run {held[0]}), which is held for review: loads of a shop go"
+                    " one at a time, so this one starts once that one is approved or rejected (loader approve,"
+                    " loader reject), taken by a worker (loader worker)"))
             if not self.said:
                 self.runner.progress.status(f"run {self.run_id} is {record.status}: waiting for its turn in the"
                                             " shop's queue (runs of one shop go one at a time, in the order they"
