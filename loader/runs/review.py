@@ -66,8 +66,6 @@ def crossed_thresholds(
     production now, before this load: `cur` must not see the load's own
     uncommitted publish.
     """
-    if thresholds.max_reject_pct is None and thresholds.max_update_pct is None:
-        return []
     cur.execute(sql.SQL("select entity, landed_rows, rejected_rows, updated from {} where run_id = %s"
                         " order by entity_order").format(ledger.ident()), (run_id,))
     crossed = []
