@@ -144,13 +144,19 @@ _ROOT = _StreamHandler(lambda: sys.stderr, "%(levelname)s %(name)s: %(message)s"
 
 
 class _ToRoot(logging.Filter):
-    """On a library's logger with handlers of its own: gives each record to the root handlers instead."""
+    """On a library's logger with handlers of its own: gives each record of a run to the root handlers instead.
+
+    Outside a run the library prints as it would (dbt invoked by hand in a
+    process that ran the loader before still writes `dbt show` to stdout).
+    """
 
     def __init__(self, shown_as: str) -> None:
         super().__init__()
         self._shown_as = shown_as
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _run is None:
+            return True
         record.name = self._shown_as
         logging.getLogger().handle(record)
         return False
