@@ -220,9 +220,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
     key = LoadKey.parse(args.load)
     settings = _settings()
     warehouse = _warehouse(settings)
-    approved = review.approve(warehouse, key, _reviewer(args))
+    by = _reviewer(args)
+    approved = review.approve(warehouse, key, by)
     send_now(warehouse, load_partners(settings.partners_file), run_id=approved.run_id)
-    print(f"load {approved.load} (run {approved.run_id}): completed, approved by {_reviewer(args)}")
+    print(f"load {approved.load} (run {approved.run_id}): completed, approved by {by}")
     print(f"published the reviewed plan: {approved.inserted:,} inserted, {approved.updated:,} updated")
     for entity, checksum in approved.checksums.items():
         print(f"  {entity}: plan checksum {checksum}")
@@ -233,9 +234,10 @@ def cmd_reject(args: argparse.Namespace) -> int:
     key = LoadKey.parse(args.load)
     settings = _settings()
     warehouse = _warehouse(settings)
-    run_id = review.reject(warehouse, key, _reviewer(args), args.reason)
+    by = _reviewer(args)
+    run_id = review.reject(warehouse, key, by, args.reason)
     send_now(warehouse, load_partners(settings.partners_file), run_id=run_id)
-    print(f"load {key} (run {run_id}): rejected by {_reviewer(args)}; production untouched")
+    print(f"load {key} (run {run_id}): rejected by {by}; production untouched")
     return 0
 
 

@@ -7,7 +7,7 @@ import codecs
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -77,6 +77,17 @@ class ShopSettings(BaseModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
 
+_T = TypeVar("_T")
+
+
+def _load_key_parts(value: dict[str, _T], what: str) -> dict[str, _T]:
+    """`value`, whose keys name load key parts (partner or shop ids) and must be valid ones."""
+    for part in value:
+        if not PART.fullmatch(part):
+            raise ValueError(f"{what} {part!r} is not a valid load key part")
+    return value
+
+
 class PartnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -116,10 +127,7 @@ class PartnerSettings(BaseModel):
     @field_validator("shops")
     @classmethod
     def _valid_shop_ids(cls, value: dict[str, ShopSettings]) -> dict[str, ShopSettings]:
-        for shop_id in value:
-            if not PART.fullmatch(shop_id):
-                raise ValueError(f"shop id {shop_id!r} is not a valid load key part")
-        return value
+        return _load_key_parts(value, "shop id")
 
     def thresholds_for(self, shop_id: str) -> Thresholds:
         shop = self.shops.get(shop_id)
@@ -134,10 +142,7 @@ class PartnersFile(BaseModel):
     @field_validator("partners")
     @classmethod
     def _valid_ids(cls, value: dict[str, PartnerSettings]) -> dict[str, PartnerSettings]:
-        for partner_id in value:
-            if not PART.fullmatch(partner_id):
-                raise ValueError(f"partner id {partner_id!r} is not a valid load key part")
-        return value
+        return _load_key_parts(value, "partner id")
 
     def for_partner(self, partner_id: str) -> PartnerSettings:
         return self.partners.get(partner_id, PartnerSettings())
