@@ -38,9 +38,19 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
         cur.execute(f"drop database {name} with (force)")
 
 
+@pytest.fixture(scope="session")
+def dbt_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home's dbt folder (slot target folders, slot lock files) for every test of the session."""
+    return tmp_path_factory.mktemp("dbt-state")
+
+
 @pytest.fixture
-def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Warehouse]:
-    """An empty warehouse for one test, with the loader's environment pointing at it."""
+def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dbt_state: Path) -> Iterator[Warehouse]:
+    """An empty warehouse for one test, with the loader's environment pointing at it.
+
+    The test's LOADER_HOME shares its dbt folder with the session's other tests, as a user's home keeps it from
+    one load to the next: dbt's partial parse then stays cached instead of every test parsing the project anew.
+    """
     with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
         # Every schema the loader, dlt and dbt made: raw, registry, production, dbt's layers.
         cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname not in"
@@ -48,6 +58,9 @@ def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         for (schema,) in cur.fetchall():
             cur.execute(f'drop schema "{schema}" cascade')
     monkeypatch.setenv("LOADER_DATABASE_URL", warehouse.url)
-    monkeypatch.setenv("LOADER_HOME", str(tmp_path / "loader-home"))
+    home = tmp_path / "loader-home"
+    home.mkdir()
+    (home / "dbt").symlink_to(dbt_state, target_is_directory=True)
+    monkeypatch.setenv("LOADER_HOME", str(home))
     monkeypatch.setenv("LOADER_PARTNERS_FILE", str(tmp_path / "partners.yml"))
     yield warehouse
