@@ -1,6 +1,6 @@
 """The run queue: 20 loads of 5 shops, one of them big, served by 1 and then 2 `loader worker` processes.
 
-    .venv/bin/python bench/queue.py [--big-rows 2000000] [--small-customers 40]
+    .venv/bin/python bench/workers.py [--big-rows 2000000] [--small-customers 40]
 
 Shop A's first load is big (--big-rows rows over all seven files); every
 other load is small. All 20 are submitted at once, A's big one first, and
@@ -26,9 +26,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "bench" / "data" / "queue"
-# Run as a script, this file's folder comes first on sys.path, where it would pass for the standard
-# library's `queue` (which pyarrow imports).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 
 from loader.database import Warehouse, resolve_warehouse  # noqa: E402
