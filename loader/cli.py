@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from loader.contracts import load_contract
 from loader.contracts.model import available_contracts
 from loader.database import (
+    SchemaVersionError,
     Warehouse,
     WarehouseUnavailable,
     WarehouseUrlError,
@@ -655,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, LoadKeyError, PartnerSettingsError, WarehouseUrlError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (WarehouseUnavailable, InboxError, review.ReviewError) as exc:
+    except (WarehouseUnavailable, SchemaVersionError, InboxError, review.ReviewError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import time
@@ -150,6 +151,88 @@ def apply_once(conn: psycopg2.extensions.connection, name: str, schema: str, ddl
             "insert into loader_registry.ddl_versions (name, digest) values (%s, %s)"
             " on conflict (name) do update set digest = excluded.digest, applied_at = clock_timestamp()",
             (name, digest),
+        )
+
+
+class SchemaVersionError(RuntimeError):
+    """The database holds a schema this loader cannot use: written by a newer loader, or of an unknown version."""
+
+
+_VERSION_LINE = re.compile(r"^-- schema version: ([1-9][0-9]*)$", re.MULTILINE)
+
+
+def declared_version(path: Path, ddl: str) -> int:
+    """The N of the `-- schema version: N` line of a DDL file."""
+    found = _VERSION_LINE.findall(ddl)
+    if len(found) != 1:
+        raise ValueError(f"{path}: needs exactly one '-- schema version: N' line")
+    return int(found[0])
+
+
+@dataclass(frozen=True)
+class VersionedDdl:
+    """A schema's DDL at its current version, and the upgrades that bring an older database to it.
+
+    `<name>.sql` creates the current version from nothing (every statement
+    idempotent) and says which it is in a `-- schema version: N` line;
+    `<name>.upgrades/<k>.sql` turns version k-1 into version k in place,
+    keeping every row. A database that predates versions is version 1.
+    """
+
+    name: str
+    schema: str
+    ddl: str
+    version: int
+    upgrades: dict[int, str]
+
+    @classmethod
+    def read(cls, name: str, schema: str, path: Path) -> VersionedDdl:
+        ddl = path.read_text(encoding="utf-8")
+        version = declared_version(path, ddl)
+        folder = path.with_suffix(".upgrades")
+        upgrades = {int(f.stem): f.read_text(encoding="utf-8") for f in sorted(folder.glob("*.sql"))}
+        if sorted(upgrades) != list(range(2, version + 1)):
+            raise ValueError(f"{folder}: needs one upgrade per version from 2 to {version}, has {sorted(upgrades)}")
+        return cls(name, schema, ddl, version, upgrades)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join([self.ddl, *self.upgrades.values()]).encode()).hexdigest()
+
+
+def apply_versioned(conn: psycopg2.extensions.connection, ddl: VersionedDdl) -> None:
+    """Bring `ddl`'s schema to its current version: create it, upgrade it in place, or refuse a newer one.
+
+    Like apply_once, the common case is a one-row read; the DDL runs in one
+    transaction under an advisory lock, so an upgrade that fails leaves the
+    schema as it was. Needs the registry (loader_registry.ddl_versions).
+    """
+    check = ("select v.version, v.digest, exists (select from pg_namespace where nspname = %s)"
+             " from (select) as one left join loader_registry.ddl_versions as v on v.name = %s")
+    with conn, conn.cursor() as cur:
+        cur.execute(check, (ddl.schema, ddl.name))
+        if one_row(cur) == (ddl.version, ddl.digest, True):
+            return
+    with conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('loader ddl'), hashtext(%s))", (ddl.name,))
+        cur.execute(check, (ddl.schema, ddl.name))
+        version, digest, exists = one_row(cur)
+        if (version, digest, exists) == (ddl.version, ddl.digest, True):
+            return
+        if exists:
+            current = 1 if version is None else int(version)
+            if current > ddl.version:
+                raise SchemaVersionError(
+                    f"{ddl.name} in this database is schema version {current}, written by a newer loader;"
+                    f" this loader knows versions up to {ddl.version}: upgrade the loader to use this database")
+            for version in range(current + 1, ddl.version + 1):
+                cur.execute(ddl.upgrades[version])
+        cur.execute(ddl.ddl)
+        cur.execute(
+            "insert into loader_registry.ddl_versions (name, digest, version) values (%s, %s, %s)"
+            " on conflict (name) do update set digest = excluded.digest, version = excluded.version,"
+            " applied_at = clock_timestamp()",
+            (ddl.name, ddl.digest, ddl.version),
         )
 
 

@@ -1,27 +1,11 @@
+-- schema version: 2
 -- Production-facing tables of contract sms_v1, keyed by the crosswalk's internal
 -- UUID, relationships as internal UUIDs. Written only by the publish step, in one
--- transaction per load. Applied on every start; every statement is idempotent.
+-- transaction per load. Creates the current version from nothing, every statement
+-- idempotent; sms_v1.upgrades/<k>.sql brings a database of version k-1 to k.
 -- Number columns hold exactly what the contract's types (`types` in sms_v1.yaml)
 -- let through staging: int bigint, decimal numeric(24, 6), money numeric(14, 2).
 create schema if not exists prod_sms;
-
--- (partner, shop, entity, external id) -> deterministic internal id. Keyed by
--- the external key only: the internal id is a function of it (an md5 of the
--- key), so it is unique too, and a second index on it would cost a big
--- publish a quarter of its time for lookups that the production tables'
--- primary keys already serve (id -> external_id).
-create table if not exists prod_sms.id_crosswalk (
-    internal_id uuid not null,
-    partner_id text not null,
-    shop_id text not null,
-    entity_type text not null,
-    external_id text not null,
-    first_load_id text not null,
-    last_load_id text not null,
-    first_seen_at timestamptz not null,
-    last_seen_at timestamptz not null,
-    constraint id_crosswalk_external primary key (partner_id, shop_id, entity_type, external_id)
-);
 
 create table if not exists prod_sms.customers (
     id uuid primary key,
@@ -43,6 +27,7 @@ create table if not exists prod_sms.customers (
     source_created_at timestamptz,
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint customers_external unique (partner_id, shop_id, external_id)
 );
 
@@ -65,6 +50,7 @@ create table if not exists prod_sms.vehicles (
     odometer bigint,
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint vehicles_external unique (partner_id, shop_id, external_id)
 );
 
@@ -90,6 +76,7 @@ create table if not exists prod_sms.invoices (
     odometer_in bigint,
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint invoices_external unique (partner_id, shop_id, external_id)
 );
 
@@ -113,6 +100,7 @@ create table if not exists prod_sms.line_items (
     line_total numeric(14, 2),
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint line_items_external unique (partner_id, shop_id, external_id)
 );
 
@@ -133,6 +121,7 @@ create table if not exists prod_sms.payments (
     reference text,
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint payments_external unique (partner_id, shop_id, external_id)
 );
 
@@ -152,6 +141,7 @@ create table if not exists prod_sms.inventory_parts (
     price numeric(14, 2),
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint inventory_parts_external unique (partner_id, shop_id, external_id)
 );
 
@@ -172,5 +162,109 @@ create table if not exists prod_sms.suppliers (
     postal_code text,
     created_at timestamptz not null,
     updated_at timestamptz not null,
+    first_load_id text not null,
     constraint suppliers_external unique (partner_id, shop_id, external_id)
 );
+
+-- (partner, shop, entity, external id) -> deterministic internal id, for
+-- readers: a view, not a second copy of every production row's key. The
+-- internal id is a function of the external key (an md5 of it), and each
+-- production table already holds the external key, the load that first brought
+-- a row and the one that last changed it; keeping a table of them cost a first
+-- load a write per row and a reload an update of every row it saw.
+create or replace view prod_sms.id_crosswalk as
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'customers'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.customers
+
+    union all
+
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'vehicles'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.vehicles
+
+    union all
+
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'invoices'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.invoices
+
+    union all
+
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'line_items'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.line_items
+
+    union all
+
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'payments'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.payments
+
+    union all
+
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'inventory_parts'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.inventory_parts
+
+    union all
+
+    select
+        id as internal_id,
+        partner_id,
+        shop_id,
+        'suppliers'::text as entity_type,
+        external_id,
+        first_load_id,
+        load_id as last_load_id,
+        created_at as first_seen_at,
+        updated_at as last_seen_at
+    from prod_sms.suppliers;

@@ -19,14 +19,14 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import Contract
-from loader.database import apply_once, one_row
+from loader.database import VersionedDdl, apply_versioned, one_row
 from loader.dbt.relations import MissingRelation, Relation, dbt_relation
 from loader.intake.load_key import LoadKey
 
 # Production columns that are bookkeeping, not the entity's values: a row whose
 # values are all equal is "unchanged" even when these differ.
-BOOKKEEPING = ("id", "partner_id", "shop_id", "external_id", "source", "load_id", "created_at", "updated_at",
-               "is_imported")
+BOOKKEEPING = ("id", "partner_id", "shop_id", "external_id", "source", "load_id", "first_load_id", "created_at",
+               "updated_at", "is_imported")
 
 
 class PublishError(RuntimeError):
@@ -69,20 +69,20 @@ def business_columns(cur: psycopg2.extensions.cursor, schema: str, table: str) -
 
 
 def _publish_entity(
-    cur: psycopg2.extensions.cursor, contract: Contract, entity: str, plan: Relation, key: LoadKey
+    cur: psycopg2.extensions.cursor, contract: Contract, entity: str, plan: Relation
 ) -> EntityPublished:
     target = sql.Identifier(contract.production_schema, entity)
-    crosswalk = sql.Identifier(contract.production_schema, "id_crosswalk")
     columns = business_columns(cur, contract.production_schema, entity)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    fmt = {"target": target, "plan": plan.ident(), "cols": cols, "crosswalk": crosswalk}
+    fmt = {"target": target, "plan": plan.ident(), "cols": cols}
     # The plan says which rows are new: those go in with a plain INSERT, which
     # is much cheaper than INSERT ... ON CONFLICT's speculative insertion. A
     # row that exists after all (a stale plan) violates the primary key and
     # fails the whole publish, which is what a stale plan should do.
     cur.execute(sql.SQL("""
-        insert into {target} (id, partner_id, shop_id, external_id, load_id, {cols}, created_at, updated_at)
-        select id, partner_id, shop_id, external_id, load_id, {cols}, now(), now()
+        insert into {target} (id, partner_id, shop_id, external_id, load_id, first_load_id, {cols}, created_at,
+                              updated_at)
+        select id, partner_id, shop_id, external_id, load_id, load_id, {cols}, now(), now()
         from {plan}
         where _action = 'insert'
         """).format(**fmt))
@@ -108,37 +108,6 @@ def _publish_entity(
         raise PublishError(
             f"{entity}: the plan said {planned[0]} inserts and {planned[1]} updates, publishing did "
             f"{inserted} and {updated}; nothing was published"
-        )
-    # Only rows new to production can be new to the crosswalk: both are written
-    # here, in the same transaction, so an id in production is in the crosswalk.
-    # The shop's own key range, named as constants: joined on the plan's
-    # columns alone, PostgreSQL would read every shop's crosswalk rows.
-    shop = {"entity": entity, "partner": key.partner_id, "shop": key.shop_id}
-    cur.execute(
-        sql.SQL("""
-        insert into {crosswalk} (internal_id, partner_id, shop_id, entity_type, external_id,
-                                 first_load_id, last_load_id, first_seen_at, last_seen_at)
-        select p.id, p.partner_id, p.shop_id, %(entity)s, p.external_id, p.load_id, p.load_id, now(), now()
-        from {plan} as p
-        where p._action = 'insert' and not exists (
-            select from {crosswalk} as c
-            where c.partner_id = %(partner)s and c.shop_id = %(shop)s and c.entity_type = %(entity)s
-                and c.external_id = p.external_id
-        )
-        """).format(**fmt),
-        shop,
-    )
-    with _hash_joins(cur):
-        cur.execute(
-            sql.SQL("""
-            update {crosswalk} as c
-            set last_load_id = p.load_id, last_seen_at = now()
-            from {plan} as p
-            where p._action <> 'insert' and c.partner_id = %(partner)s and c.shop_id = %(shop)s
-                and c.entity_type = %(entity)s and c.external_id = p.external_id
-                and c.last_load_id is distinct from p.load_id
-            """).format(**fmt),
-            shop,
         )
     return EntityPublished(entity, inserted, updated)
 
@@ -229,7 +198,7 @@ class Publisher:
                         return
                     entity, plan = found
                     remaining.remove(entity)
-                    self._done.append(_publish_entity(cur, self._contract, entity, plan, self._key))
+                    self._done.append(_publish_entity(cur, self._contract, entity, plan))
         except psycopg2.Error as exc:
             self._failure = PublishError(
                 f"publishing {entity} failed, nothing was published: {exc.pgerror or exc}".strip())
@@ -394,6 +363,6 @@ def _check_references(
 
 
 def ensure_production(conn: psycopg2.extensions.connection, contract: Contract) -> None:
-    """Create or update the contract's production tables, once per version of its DDL (see database.apply_once)."""
-    apply_once(conn, f"production {contract.name}", contract.production_schema,
-               contract.production_ddl.read_text(encoding="utf-8"))
+    """Create the contract's production tables, or upgrade them in place (see database.apply_versioned)."""
+    apply_versioned(conn, VersionedDdl.read(f"production {contract.name}", contract.production_schema,
+                                            contract.production_ddl))

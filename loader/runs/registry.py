@@ -13,7 +13,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 from pydantic import BaseModel, PlainSerializer
 
-from loader.database import Warehouse, one_row
+from loader.database import SchemaVersionError, Warehouse, declared_version, one_row
 from loader.dbt.relations import built_relation
 from loader.intake.load_key import LoadKey
 from loader.intake.manifest import Problem
@@ -369,13 +369,17 @@ def shop_lock(conn: psycopg2.extensions.connection, key: LoadKey) -> Iterator[No
             conn.commit()
 
 
-def _applied_digest(cur: psycopg2.extensions.cursor) -> str | None:
+def _applied(cur: psycopg2.extensions.cursor) -> tuple[str | None, int]:
+    """The digest and version of the registry DDL applied last: (None, 0) for none, version 1 before versions."""
     cur.execute("select to_regclass('loader_registry.schema_version') is not null")
     if not one_row(cur)[0]:
-        return None
-    cur.execute("select digest from loader_registry.schema_version")
+        return None, 0
+    # As JSON, so that a registry from before the version column reads too.
+    cur.execute("select to_jsonb(v) from loader_registry.schema_version as v")
     row = cur.fetchone()
-    return str(row[0]) if row else None
+    if row is None:
+        return None, 0
+    return str(row[0]["digest"]), int(row[0].get("version") or 1)
 
 
 def ensure_registry(warehouse: Warehouse) -> None:
@@ -383,22 +387,30 @@ def ensure_registry(warehouse: Warehouse) -> None:
 
     The common case reads one row and takes no lock a reader could block;
     the DDL runs only when the file changed, under an advisory lock so that
-    two processes do not apply it at once.
+    two processes do not apply it at once. A registry written by a newer
+    loader (a higher schema version) is refused: SchemaVersionError.
     """
     ddl = REGISTRY_SQL.read_text(encoding="utf-8")
     digest = hashlib.sha256(ddl.encode()).hexdigest()
+    version = declared_version(REGISTRY_SQL, ddl)
     conn = warehouse.connect()
     with contextlib.closing(conn):
         with conn, conn.cursor() as cur:
-            if _applied_digest(cur) == digest:
+            if _applied(cur) == (digest, version):
                 return
         with conn, conn.cursor() as cur:
             cur.execute("select pg_advisory_xact_lock(hashtext('loader_registry ddl'))")
-            if _applied_digest(cur) == digest:
+            applied_digest, applied_version = _applied(cur)
+            if (applied_digest, applied_version) == (digest, version):
                 return
+            if applied_version > version:
+                raise SchemaVersionError(
+                    f"the run registry (loader_registry) in {warehouse.display} is schema version"
+                    f" {applied_version}, written by a newer loader; this loader knows versions up to {version}:"
+                    " upgrade the loader to use this database")
             cur.execute(ddl)
             cur.execute(
-                "insert into loader_registry.schema_version (digest) values (%s) on conflict (singleton)"
-                " do update set digest = excluded.digest, applied_at = clock_timestamp()",
-                (digest,),
+                "insert into loader_registry.schema_version (digest, version) values (%s, %s) on conflict (singleton)"
+                " do update set digest = excluded.digest, version = excluded.version, applied_at = clock_timestamp()",
+                (digest, version),
             )

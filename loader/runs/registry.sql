@@ -1,8 +1,10 @@
+-- schema version: 2
 -- Run registry: one row per run, an append-only status history, and the files
 -- each run landed. Applied once per version of this file (schema_version holds
--- its digest), never on every command: DDL takes ACCESS EXCLUSIVE locks, and a
--- reader idle in a transaction would make every command wait. Every statement
--- is idempotent, so a newer version applies over an older one.
+-- its digest and version), never on every command: DDL takes ACCESS EXCLUSIVE
+-- locks, and a reader idle in a transaction would make every command wait. Every
+-- statement is idempotent, so a newer version applies over an older one; a
+-- loader refuses a registry of a version newer than this file's.
 create schema if not exists loader_registry;
 
 create table if not exists loader_registry.runs (
@@ -289,12 +291,18 @@ create table if not exists loader_registry.ddl_versions (
     applied_at timestamptz not null default clock_timestamp()
 );
 
+-- The schema version of each, where it has one (see database.apply_versioned);
+-- NULL in a row written before versions were recorded, which is version 1.
+alter table loader_registry.ddl_versions add column if not exists version integer;
+
 -- The digest of the version of this file that was applied last.
 create table if not exists loader_registry.schema_version (
     singleton boolean primary key default true check (singleton),
     digest text not null,
     applied_at timestamptz not null default clock_timestamp()
 );
+
+alter table loader_registry.schema_version add column if not exists version integer;
 
 -- Notifications, an outbox: each run outcome a partner's webhooks may be told
 -- of is an event, written by a trigger in the very transaction that records

@@ -29,7 +29,7 @@ from typing import Literal
 import psycopg2
 import psycopg2.extensions
 
-from loader.database import Warehouse, WarehouseUnavailable
+from loader.database import SchemaVersionError, Warehouse, WarehouseUnavailable
 from loader.intake.manifest import capped, verify_folder
 from loader.intake.partners import PartnersFile, load_partners
 from loader.runs.inbox import NotALoadFolder, check_submittable, keep, manifest_contract
@@ -91,6 +91,10 @@ def process(runner: Runner, claimed: ClaimedRun, policy: QueuePolicy, *,
         except TransientFailure as exc:
             _after_transient(runner, claimed, policy, str(exc))
             return None
+        except SchemaVersionError as exc:
+            # Not this run's fault and not a bug: the database belongs to a newer loader.
+            _record_quietly(runner, claimed.run_id, "failed", str(exc), policy)
+            return RunOutcome(claimed.run_id, "failed", None, message=str(exc))
         except Exception as exc:
             # A bug or an unforeseen failure: the run must not stay `running` after this.
             log.debug("run %s failed unexpectedly", claimed.run_id, exc_info=True)
