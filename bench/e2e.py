@@ -138,8 +138,10 @@ class Floor:
         cur.execute("select attname, format_type(atttypid, atttypmod) from pg_attribute"
                     " where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum", (table,))
         types = dict(cur.fetchall())
+        # A foreign key's last column names the parent row (the first ones, the shop).
         cur.execute("select a.attname, p.relname from pg_constraint c join pg_class p on p.oid = c.confrelid"
-                    " join pg_attribute a on a.attrelid = c.conrelid and a.attnum = c.conkey[1]"
+                    " join pg_attribute a on a.attrelid = c.conrelid"
+                    " and a.attnum = c.conkey[array_upper(c.conkey, 1)]"
                     " where c.contype = 'f' and c.conrelid = %s::regclass", (table,))
         return types, {parent: column for column, parent in cur.fetchall()}
 
@@ -250,8 +252,8 @@ def _slowest_dbt_nodes(home: Path, top: int = 6) -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(server: Warehouse) -> Iterator[Warehouse]:
-    """A database of this run's own on the server, dropped afterwards."""
+def fresh_database(server: Warehouse, *, keep: bool) -> Iterator[Warehouse]:
+    """A database of this run's own on the server, dropped afterwards unless `keep`."""
     name = f"bench_e2e_{os.getpid()}"
     admin = server.connect()
     admin.autocommit = True
@@ -262,10 +264,13 @@ def fresh_database(server: Warehouse) -> Iterator[Warehouse]:
         yield Warehouse(server.host, server.port, server.user, server.password, name, embedded=server.embedded,
                         options=server.options)
     finally:
-        admin = server.connect()
-        admin.autocommit = True
-        with contextlib.closing(admin), admin.cursor() as cur:
-            cur.execute(f"drop database {name} with (force)")
+        if keep:
+            print(f"kept database {name}")
+        else:
+            admin = server.connect()
+            admin.autocommit = True
+            with contextlib.closing(admin), admin.cursor() as cur:
+                cur.execute(f"drop database {name} with (force)")
 
 
 def main() -> int:
@@ -275,6 +280,7 @@ def main() -> int:
     parser.add_argument("--changed", type=float, default=0.01, help="share of every entity's rows a reload changes")
     parser.add_argument("--big-rows", type=int, default=4_000_000)
     parser.add_argument("--huge-rows", type=int, default=10_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the run's database (to look into it)")
     args = parser.parse_args()
     os.environ.setdefault("LOADER_HOME", str(DATA / ".loader"))
     server = resolve_warehouse(LoaderSettings())
@@ -283,7 +289,7 @@ def main() -> int:
     home = DATA / ".loader-e2e"
     shutil.rmtree(home, ignore_errors=True)
     contract = load_contract("sms_v1")
-    with fresh_database(server) as warehouse:
+    with fresh_database(server, keep=args.keep) as warehouse:
         ensure_registry(warehouse)
         with contextlib.closing(warehouse.connect()) as conn:
             ensure_production(conn, contract)

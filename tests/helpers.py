@@ -71,7 +71,7 @@ def new_id() -> str:
 
 def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...]]:
     """A shop's rows without the columns that differ between shops (ids, shop, timestamps)."""
-    skip = {"id", "shop_id", "created_at", "updated_at", "customer_id", "vehicle_id", "invoice_id",
+    skip = {"id", "shop_id", "shop_key", "created_at", "updated_at", "customer_id", "vehicle_id", "invoice_id",
             "parent_line_item_id"}
     cols = [c for (c,) in query(db, "select column_name from information_schema.columns where table_schema ="
                                     " 'prod_sms' and table_name = %s order by ordinal_position", (entity,))

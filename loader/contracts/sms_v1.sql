@@ -3,12 +3,19 @@
 -- UUID, relationships as internal UUIDs. Written only by the publish step, in one
 -- transaction per load. Creates the current version from nothing, every statement
 -- idempotent; sms_v1.upgrades/<k>.sql brings a database of version k-1 to k.
+--
+-- Every primary, unique and foreign key leads with shop_key, the shop's number
+-- in loader_registry.shops: a load writes one region of each index (a new
+-- shop's at its end) rather than pages all over indexes that grow with every
+-- shop, and the tables can be distributed by shop (Citus) or hash-partitioned
+-- by it, which both need the key in every constraint. Look rows up by
+-- (shop_key, id) or (shop_key, external_id).
 -- Number columns hold exactly what the contract's types (`types` in sms_v1.yaml)
 -- let through staging: int bigint, decimal numeric(24, 6), money numeric(14, 2).
 create schema if not exists prod_sms;
 
 create table if not exists prod_sms.customers (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
@@ -28,17 +35,19 @@ create table if not exists prod_sms.customers (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint customers_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint customers_pkey primary key (shop_key, id),
+    constraint customers_external unique (shop_key, external_id)
 );
 
 create table if not exists prod_sms.vehicles (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
     source text not null default 'import',
     load_id text not null,
-    customer_id uuid not null references prod_sms.customers (id),
+    customer_id uuid not null,
     vin text,
     year integer,
     make text,
@@ -51,21 +60,25 @@ create table if not exists prod_sms.vehicles (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint vehicles_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint vehicles_pkey primary key (shop_key, id),
+    constraint vehicles_customer_id_fkey foreign key (shop_key, customer_id)
+        references prod_sms.customers (shop_key, id),
+    constraint vehicles_external unique (shop_key, external_id)
 );
 
-create index if not exists vehicles_customer on prod_sms.vehicles (customer_id);
+create index if not exists vehicles_customer on prod_sms.vehicles (shop_key, customer_id);
 
 create table if not exists prod_sms.invoices (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
     source text not null default 'import',
     load_id text not null,
     is_imported boolean not null default true,
-    customer_id uuid not null references prod_sms.customers (id),
-    vehicle_id uuid references prod_sms.vehicles (id),
+    customer_id uuid not null,
+    vehicle_id uuid,
     invoice_number text not null,
     document_type text not null,
     status text not null,
@@ -77,21 +90,27 @@ create table if not exists prod_sms.invoices (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint invoices_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint invoices_pkey primary key (shop_key, id),
+    constraint invoices_customer_id_fkey foreign key (shop_key, customer_id)
+        references prod_sms.customers (shop_key, id),
+    constraint invoices_vehicle_id_fkey foreign key (shop_key, vehicle_id)
+        references prod_sms.vehicles (shop_key, id),
+    constraint invoices_external unique (shop_key, external_id)
 );
 
-create index if not exists invoices_customer on prod_sms.invoices (customer_id);
-create index if not exists invoices_vehicle on prod_sms.invoices (vehicle_id);
+create index if not exists invoices_customer on prod_sms.invoices (shop_key, customer_id);
+create index if not exists invoices_vehicle on prod_sms.invoices (shop_key, vehicle_id);
 
 create table if not exists prod_sms.line_items (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
     source text not null default 'import',
     load_id text not null,
-    invoice_id uuid not null references prod_sms.invoices (id),
-    parent_line_item_id uuid references prod_sms.line_items (id),
+    invoice_id uuid not null,
+    parent_line_item_id uuid,
     line_type text not null,
     description text,
     part_number text,
@@ -101,20 +120,26 @@ create table if not exists prod_sms.line_items (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint line_items_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint line_items_pkey primary key (shop_key, id),
+    constraint line_items_invoice_id_fkey foreign key (shop_key, invoice_id)
+        references prod_sms.invoices (shop_key, id),
+    constraint line_items_parent_line_item_id_fkey foreign key (shop_key, parent_line_item_id)
+        references prod_sms.line_items (shop_key, id),
+    constraint line_items_external unique (shop_key, external_id)
 );
 
-create index if not exists line_items_invoice on prod_sms.line_items (invoice_id);
-create index if not exists line_items_parent on prod_sms.line_items (parent_line_item_id);
+create index if not exists line_items_invoice on prod_sms.line_items (shop_key, invoice_id);
+create index if not exists line_items_parent on prod_sms.line_items (shop_key, parent_line_item_id);
 
 create table if not exists prod_sms.payments (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
     source text not null default 'import',
     load_id text not null,
-    invoice_id uuid not null references prod_sms.invoices (id),
+    invoice_id uuid not null,
     payment_date date not null,
     amount numeric(14, 2) not null,
     method text not null,
@@ -122,13 +147,17 @@ create table if not exists prod_sms.payments (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint payments_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint payments_pkey primary key (shop_key, id),
+    constraint payments_invoice_id_fkey foreign key (shop_key, invoice_id)
+        references prod_sms.invoices (shop_key, id),
+    constraint payments_external unique (shop_key, external_id)
 );
 
-create index if not exists payments_invoice on prod_sms.payments (invoice_id);
+create index if not exists payments_invoice on prod_sms.payments (shop_key, invoice_id);
 
 create table if not exists prod_sms.inventory_parts (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
@@ -142,11 +171,13 @@ create table if not exists prod_sms.inventory_parts (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint inventory_parts_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint inventory_parts_pkey primary key (shop_key, id),
+    constraint inventory_parts_external unique (shop_key, external_id)
 );
 
 create table if not exists prod_sms.suppliers (
-    id uuid primary key,
+    id uuid not null,
     partner_id text not null,
     shop_id text not null,
     external_id text not null,
@@ -163,7 +194,9 @@ create table if not exists prod_sms.suppliers (
     created_at timestamptz not null,
     updated_at timestamptz not null,
     first_load_id text not null,
-    constraint suppliers_external unique (partner_id, shop_id, external_id)
+    shop_key bigint not null,
+    constraint suppliers_pkey primary key (shop_key, id),
+    constraint suppliers_external unique (shop_key, external_id)
 );
 
 -- (partner, shop, entity, external id) -> deterministic internal id, for
@@ -182,7 +215,8 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.customers
 
     union all
@@ -196,7 +230,8 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.vehicles
 
     union all
@@ -210,7 +245,8 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.invoices
 
     union all
@@ -224,7 +260,8 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.line_items
 
     union all
@@ -238,7 +275,8 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.payments
 
     union all
@@ -252,7 +290,8 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.inventory_parts
 
     union all
@@ -266,5 +305,6 @@ create or replace view prod_sms.id_crosswalk as
         first_load_id,
         load_id as last_load_id,
         created_at as first_seen_at,
-        updated_at as last_seen_at
+        updated_at as last_seen_at,
+        shop_key
     from prod_sms.suppliers;

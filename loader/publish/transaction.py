@@ -21,12 +21,11 @@ from psycopg2 import sql
 from loader.contracts import Contract
 from loader.database import VersionedDdl, apply_versioned, one_row
 from loader.dbt.relations import MissingRelation, Relation, dbt_relation
-from loader.intake.load_key import LoadKey
 
 # Production columns that are bookkeeping, not the entity's values: a row whose
 # values are all equal is "unchanged" even when these differ.
-BOOKKEEPING = ("id", "partner_id", "shop_id", "external_id", "source", "load_id", "first_load_id", "created_at",
-               "updated_at", "is_imported")
+BOOKKEEPING = ("shop_key", "id", "partner_id", "shop_id", "external_id", "source", "load_id", "first_load_id",
+               "created_at", "updated_at", "is_imported")
 
 
 class PublishError(RuntimeError):
@@ -80,9 +79,9 @@ def _publish_entity(
     # row that exists after all (a stale plan) violates the primary key and
     # fails the whole publish, which is what a stale plan should do.
     cur.execute(sql.SQL("""
-        insert into {target} (id, partner_id, shop_id, external_id, load_id, first_load_id, {cols}, created_at,
-                              updated_at)
-        select id, partner_id, shop_id, external_id, load_id, load_id, {cols}, now(), now()
+        insert into {target} (shop_key, id, partner_id, shop_id, external_id, load_id, first_load_id, {cols},
+                              created_at, updated_at)
+        select shop_key, id, partner_id, shop_id, external_id, load_id, load_id, {cols}, now(), now()
         from {plan}
         where _action = 'insert'
         """).format(**fmt))
@@ -91,7 +90,8 @@ def _publish_entity(
         update {target} as t
         set load_id = p.load_id, {updates}, updated_at = now()
         from {plan} as p
-        where p._action = 'update' and t.id = p.id and ({current}) is distinct from ({incoming})
+        where p._action = 'update' and t.shop_key = p.shop_key and t.id = p.id
+            and ({current}) is distinct from ({incoming})
         """).format(
         updates=sql.SQL(", ").join(sql.SQL("{c} = p.{c}").format(c=sql.Identifier(c)) for c in columns),
         current=sql.SQL(", ").join(sql.SQL("t.{c}").format(c=sql.Identifier(c)) for c in columns),
@@ -112,11 +112,9 @@ def _publish_entity(
     return EntityPublished(entity, inserted, updated)
 
 
-def publish(
-    conn: psycopg2.extensions.connection, contract: Contract, target_dir: Path, key: LoadKey
-) -> list[EntityPublished]:
-    """Apply every entity's plan for the load `key` (as dbt last built it), in one transaction."""
-    publisher = Publisher(conn, contract, key)
+def publish(conn: psycopg2.extensions.connection, contract: Contract, target_dir: Path) -> list[EntityPublished]:
+    """Apply every entity's plan (as dbt last built it in `target_dir`), in one transaction."""
+    publisher = Publisher(conn, contract)
     for entity in contract.entities:
         model = f"publish_{entity.name}"
         try:
@@ -139,10 +137,9 @@ class Publisher:
     Nothing it writes is visible to dbt's own reads of production until then.
     """
 
-    def __init__(self, conn: psycopg2.extensions.connection, contract: Contract, key: LoadKey) -> None:
+    def __init__(self, conn: psycopg2.extensions.connection, contract: Contract) -> None:
         self._conn = conn
         self._contract = contract
-        self._key = key
         self._plans: dict[str, Relation] = {}
         self._build_ended = False
         self._ready = threading.Condition()
@@ -233,7 +230,7 @@ class Publisher:
                 raise PublishError(f"dbt did not build the plan of {', '.join(missing)}; nothing was published")
             with self._conn.cursor() as cur:
                 plans = {e.name: self._plans[f"publish_{e.name}"] for e in self._contract.entities}
-                _check_references(cur, self._contract, plans, self._key, lock_parents=self._triggers_skipped)
+                _check_references(cur, self._contract, plans, lock_parents=self._triggers_skipped)
                 if before_commit is not None:
                     before_commit(cur)
             self._conn.commit()
@@ -268,40 +265,39 @@ def _skip_row_triggers(cur: psycopg2.extensions.cursor) -> bool:
 @dataclass(frozen=True)
 class ForeignKey:
     table: str
-    column: str
+    columns: tuple[str, ...]
     parent: str
-    parent_column: str
+    parent_columns: tuple[str, ...]
+
+    @property
+    def reference(self) -> str:
+        """The column that names the parent row (the one that is not the shop's key)."""
+        return self.columns[-1]
 
 
 def _foreign_keys(cur: psycopg2.extensions.cursor, schema: str) -> list[ForeignKey]:
     """The production schema's foreign keys, from the catalog (the DDL file is the one place they are written)."""
     cur.execute("""
-        select child.relname, child_column.attname, parent.relname, parent_column.attname,
-               cardinality(c.conkey)
+        select child.relname, parent.relname,
+            array(select a.attname from unnest(c.conkey) with ordinality as k (attnum, n)
+                  inner join pg_attribute as a on a.attrelid = c.conrelid and a.attnum = k.attnum order by k.n),
+            array(select a.attname from unnest(c.confkey) with ordinality as k (attnum, n)
+                  inner join pg_attribute as a on a.attrelid = c.confrelid and a.attnum = k.attnum order by k.n)
         from pg_constraint as c
         inner join pg_class as child on c.conrelid = child.oid
         inner join pg_namespace as ns on child.relnamespace = ns.oid
         inner join pg_class as parent on c.confrelid = parent.oid
-        inner join pg_attribute as child_column on child_column.attrelid = c.conrelid
-            and child_column.attnum = c.conkey[1]
-        inner join pg_attribute as parent_column on parent_column.attrelid = c.confrelid
-            and parent_column.attnum = c.confkey[1]
         where c.contype = 'f' and ns.nspname = %s
-        order by 1, 2
+        order by 1, 3
         """, (schema,))
-    keys = []
-    for table, column, parent, parent_column, width in cur.fetchall():
-        if width != 1:
-            raise PublishError(f"{schema}.{table}: foreign keys of more than one column are not supported")
-        keys.append(ForeignKey(table, column, parent, parent_column))
-    return keys
+    return [ForeignKey(table, tuple(columns), parent, tuple(parent_columns))
+            for table, parent, columns, parent_columns in cur.fetchall()]
 
 
 def _check_references(
     cur: psycopg2.extensions.cursor,
     contract: Contract,
     plans: dict[str, Relation],
-    key: LoadKey,
     *,
     lock_parents: bool,
 ) -> None:
@@ -311,53 +307,58 @@ def _check_references(
     locked as the triggers would have locked them (FOR KEY SHARE), so that
     no one can delete them before this transaction commits; they are locked
     before they are looked for, so a delete that got in first is seen.
-    A parent must belong to the same shop (internal ids are made per shop);
-    naming the shop also keeps PostgreSQL from reading every shop's rows.
+    Every key leads with the shop's, so a parent is looked for in the
+    child's own shop, by its index.
     """
-    shop = {"partner": key.partner_id, "shop": key.shop_id}
     schema = contract.production_schema
     for fk in _foreign_keys(cur, schema):
         if fk.table not in plans:
             continue
+
+        def pairs(child: str, parent: str, fk: ForeignKey = fk) -> sql.Composable:
+            return sql.SQL(" and ").join(
+                sql.SQL("{}.{} = {}.{}").format(sql.Identifier(parent), sql.Identifier(pc), sql.Identifier(child),
+                                                sql.Identifier(c))
+                for c, pc in zip(fk.columns, fk.parent_columns, strict=True))
+
         fmt = {
             "plan": plans[fk.table].ident(),
             "parent": sql.Identifier(schema, fk.parent),
-            "column": sql.Identifier(fk.column),
-            "parent_column": sql.Identifier(fk.parent_column),
+            "columns": sql.SQL(", ").join(sql.SQL("p.{}").format(sql.Identifier(c)) for c in fk.columns),
+            "parent_columns": sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
+                                                 for c in fk.parent_columns),
+            "present": sql.SQL(" and ").join(sql.SQL("p.{} is not null").format(sql.Identifier(c))
+                                             for c in fk.columns),
+            "found": pairs("p", "t"),
         }
         if lock_parents:
             # Parents this publish inserts are invisible to everyone else until it commits.
             new_parents: sql.Composable = sql.SQL("")
             if fk.parent in plans:
                 new_parents = sql.SQL(
-                    "and not exists (select from {parent_plan} as pp where pp.{parent_column} = p.{column}"
-                    " and pp._action = 'insert')"
-                ).format(parent_plan=plans[fk.parent].ident(), column=fmt["column"],
-                         parent_column=fmt["parent_column"])
+                    "and not exists (select from {parent_plan} as pp where {pairs} and pp._action = 'insert')"
+                ).format(parent_plan=plans[fk.parent].ident(), pairs=pairs("p", "pp"))
             with _hash_joins(cur):
                 cur.execute(sql.SQL("""
                     select count(*) from (
                         select from {parent} as t
-                        where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} in (
-                            select p.{column} from {plan} as p
-                            where p._action <> 'unchanged' and p.{column} is not null {new_parents}
+                        where ({parent_columns}) in (
+                            select {columns} from {plan} as p
+                            where p._action <> 'unchanged' and {present} {new_parents}
                         )
                         for key share of t
                     ) as held
-                    """).format(new_parents=new_parents, **fmt), shop)
+                    """).format(new_parents=new_parents, **fmt))
         cur.execute(sql.SQL("""
             select count(*), min(p._row_number)
             from {plan} as p
-            where p._action <> 'unchanged' and p.{column} is not null
-                and not exists (
-                    select from {parent} as t
-                    where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.{parent_column} = p.{column}
-                )
-            """).format(**fmt), shop)
+            where p._action <> 'unchanged' and {present}
+                and not exists (select from {parent} as t where {found})
+            """).format(**fmt))
         missing, first_row = one_row(cur)
         if missing:
             raise PublishError(
-                f"{fk.table}.{fk.column}: {missing} published rows (the first at row {first_row} of the file)"
+                f"{fk.table}.{fk.reference}: {missing} published rows (the first at row {first_row} of the file)"
                 f" reference a {fk.parent} row that is not in production; nothing was published"
             )
 

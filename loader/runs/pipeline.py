@@ -45,6 +45,7 @@ from loader.runs.registry import (
     save_audit,
     save_steps,
     set_build_context,
+    shop_key,
     shop_lock,
 )
 from loader.runs.retry import TransientFailure, is_transient, transient_dbt_failure
@@ -238,6 +239,9 @@ def _execute(run: _Run) -> RunOutcome:
             landing.rows = sum(lf.rows for lf in landed)
         record_run_files(conn, run.run_id, [(lf.entity, lf.file_id, vf.manifest_rows, lf.newly_landed)
                                             for lf, vf in zip(landed, verification.files, strict=True)])
+        # Numbered once it has landed, so that dbt by hand finds the shop's key too.
+        with conn, conn.cursor() as cur:
+            shop_key(cur, key)
         if not runner.transform:
             errors, warnings = _finding_counts(verification)
             errors += sum(lf.problem_rows for lf in landed)
@@ -301,7 +305,7 @@ def _transform_and_publish(
     rows = sum(lf.rows for lf in landed)
     thresholds = run.runner.partners.for_partner(key.partner_id).thresholds_for(key.shop_id)
     with contextlib.closing(run.warehouse.connect()) as publish_conn:
-        publisher = Publisher(publish_conn, contract, key)
+        publisher = Publisher(publish_conn, contract)
         publisher.start()
         with run.step("dbt build") as building:
             building.rows = rows

@@ -188,17 +188,36 @@ def set_fingerprint(conn: psycopg2.extensions.connection, run_id: int, digest: s
         cur.execute("update loader_registry.runs set fingerprint = %s where run_id = %s", (digest, run_id))
 
 
+def shop_key(cur: psycopg2.extensions.cursor, key: LoadKey) -> int:
+    """The shop's number (loader_registry.shops), handed out on first use."""
+    cur.execute("insert into loader_registry.shops (partner_id, shop_id) values (%s, %s)"
+                " on conflict (partner_id, shop_id) do nothing", (key.partner_id, key.shop_id))
+    found = known_shop_key(cur, key)
+    if found is None:
+        raise RuntimeError(f"shop {key.partner_id}/{key.shop_id} has no row in loader_registry.shops")
+    return found
+
+
+def known_shop_key(cur: psycopg2.extensions.cursor, key: LoadKey) -> int | None:
+    """The shop's number, or None for a shop that has never been built (it has no production rows)."""
+    cur.execute("select shop_key from loader_registry.shops where partner_id = %s and shop_id = %s",
+                (key.partner_id, key.shop_id))
+    row = cur.fetchone()
+    return None if row is None else int(row[0])
+
+
 def set_build_context(
     conn: psycopg2.extensions.connection, slot: int, run_id: int, key: LoadKey, date_format: str | None
 ) -> None:
-    """Name the load that the next dbt build of worker slot `slot` validates."""
+    """Name the load that the next dbt build of worker slot `slot` validates, and its shop's key."""
     with conn, conn.cursor() as cur:
         cur.execute(
-            "insert into loader_registry.build_context (slot, run_id, partner_id, shop_id, load_id, date_format)"
-            " values (%s, %s, %s, %s, %s, %s) on conflict (slot) do update set run_id = excluded.run_id,"
-            " partner_id = excluded.partner_id, shop_id = excluded.shop_id, load_id = excluded.load_id,"
-            " date_format = excluded.date_format, set_at = clock_timestamp()",
-            (slot, run_id, key.partner_id, key.shop_id, key.load_id, date_format),
+            "insert into loader_registry.build_context (slot, run_id, partner_id, shop_id, shop_key, load_id,"
+            " date_format) values (%s, %s, %s, %s, %s, %s, %s) on conflict (slot) do update set"
+            " run_id = excluded.run_id, partner_id = excluded.partner_id, shop_id = excluded.shop_id,"
+            " shop_key = excluded.shop_key, load_id = excluded.load_id, date_format = excluded.date_format,"
+            " set_at = clock_timestamp()",
+            (slot, run_id, key.partner_id, key.shop_id, shop_key(cur, key), key.load_id, date_format),
         )
 
 

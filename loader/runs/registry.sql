@@ -172,6 +172,17 @@ create table if not exists loader_registry.run_files (
 -- reads it at run time, so the loader passes no vars and dbt's parse stays
 -- cached. Slot 1 is also the one a build by hand reads (LOADER_DBT_SLOT unset).
 drop table if exists loader_registry.dbt_context;
+-- Each shop's number, the first column of every key of the production tables
+-- (see loader/contracts/<contract>.sql): handed out in order, so that a new
+-- shop's rows go at the end of each index.
+create table if not exists loader_registry.shops (
+    shop_key bigint generated always as identity primary key,
+    partner_id text not null,
+    shop_id text not null,
+    created_at timestamptz not null default clock_timestamp(),
+    constraint shops_shop unique (partner_id, shop_id)
+);
+
 create table if not exists loader_registry.build_context (
     slot integer primary key check (slot >= 1),
     run_id bigint not null references loader_registry.runs (run_id),
@@ -181,6 +192,9 @@ create table if not exists loader_registry.build_context (
     date_format text,
     set_at timestamptz not null default clock_timestamp()
 );
+
+-- The shop's key, for dbt to find the shop's production rows by.
+alter table loader_registry.build_context add column if not exists shop_key bigint;
 
 -- A run being worked on is leased to one worker, which renews the lease while
 -- it lives. A lease not renewed within the lease time means the worker is gone

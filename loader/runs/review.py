@@ -25,7 +25,7 @@ from loader.dbt.relations import Relation
 from loader.intake.load_key import LoadKey
 from loader.intake.partners import Thresholds
 from loader.publish.transaction import Publisher, PublishError, business_columns
-from loader.runs.registry import RunRecord, latest_run, move
+from loader.runs.registry import RunRecord, known_shop_key, latest_run, move
 
 REVIEW_SCHEMA = "loader_review"
 
@@ -75,8 +75,8 @@ def crossed_thresholds(
             crossed.append(Crossed("max_reject_pct", entity, 100.0 * rejected / landed, limit))
         limit = thresholds.max_update_pct
         if limit is not None and updated:
-            cur.execute(sql.SQL("select count(*) from {} where partner_id = %s and shop_id = %s").format(
-                sql.Identifier(contract.production_schema, entity)), (key.partner_id, key.shop_id))
+            cur.execute(sql.SQL("select count(*) from {} where shop_key = %s").format(
+                sql.Identifier(contract.production_schema, entity)), (known_shop_key(cur, key),))
             existing = int(one_row(cur)[0])
             share = 100.0 * updated / existing if existing else 100.0
             if share > limit:
@@ -108,7 +108,7 @@ def keep_plan(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey,
     """Copy a held run's plans into loader_review, with the production rows they were made against (hashed)."""
     cur.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(REVIEW_SCHEMA)))
     discard_plan(cur, run_id)
-    shop = (key.partner_id, key.shop_id)
+    shop = (known_shop_key(cur, key),)
     for order, entity in enumerate(e.name for e in contract.entities):
         columns = business_columns(cur, contract.production_schema, entity)
         kept, before = _kept(run_id, entity), _kept(run_id, entity, "__before")
@@ -119,7 +119,7 @@ def keep_plan(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey,
             select t.id, {hash} as production_hash
             from {production} as t
             inner join {kept} as p on t.id = p.id
-            where t.partner_id = %s and t.shop_id = %s and p._action <> 'insert'
+            where t.shop_key = %s and p._action <> 'insert'
             """).format(before=before, hash=_row_hash("t", columns), production=production, kept=kept), shop)
         cur.execute(sql.SQL("select count(*) filter (where _action = 'insert'), count(*) filter (where _action ="
                             " 'update'), count(*) filter (where _action = 'unchanged') from {}").format(kept))
@@ -196,12 +196,12 @@ def _outdated(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey,
     columns = business_columns(cur, contract.production_schema, entity)
     fmt = {"production": sql.Identifier(contract.production_schema, entity), "kept": _kept(run_id, entity),
            "before": _kept(run_id, entity, "__before"), "hash": _row_hash("t", columns)}
-    shop = {"partner": key.partner_id, "shop": key.shop_id}
+    shop = {"shop_key": known_shop_key(cur, key)}
     if lock:
         cur.execute(sql.SQL("""
             select count(*) from (
                 select from {production} as t
-                where t.partner_id = %(partner)s and t.shop_id = %(shop)s and t.id in (select id from {before})
+                where t.shop_key = %(shop_key)s and t.id in (select id from {before})
                 for share of t
             ) as held
             """).format(**fmt), shop)
@@ -209,15 +209,15 @@ def _outdated(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey,
         select count(*), min(p.external_id)
         from {before} as b
         inner join {kept} as p on b.id = p.id
-        left join {production} as t on t.id = b.id and t.partner_id = %(partner)s and t.shop_id = %(shop)s
+        left join {production} as t on t.shop_key = %(shop_key)s and t.id = b.id
         where t.id is null or {hash} <> b.production_hash
         """).format(**fmt), shop)
     changed, changed_example = one_row(cur)
     cur.execute(sql.SQL("""
         select count(*), min(p.external_id)
         from {kept} as p
-        inner join {production} as t on t.id = p.id
-        where p._action = 'insert' and t.partner_id = %(partner)s and t.shop_id = %(shop)s
+        inner join {production} as t on t.shop_key = %(shop_key)s and t.id = p.id
+        where p._action = 'insert'
         """).format(**fmt), shop)
     present, present_example = one_row(cur)
     return Outdated(entity, int(changed), int(present), changed_example or present_example)
@@ -270,7 +270,7 @@ def _approve(conn: psycopg2.extensions.connection, key: LoadKey, by: str) -> App
                     by=by):
             raise ReviewError(f"run {run_id} could not be moved to completed")
 
-    publisher = Publisher(conn, contract, key)
+    publisher = Publisher(conn, contract)
     for plan in kept:
         publisher.model_built(f"publish_{plan.entity}", Relation(REVIEW_SCHEMA, f"run_{run_id}__{plan.entity}"))
     publisher.start()
@@ -353,9 +353,9 @@ def _entity_diff(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadK
     result = EntityDiff(plan.inserts, plan.updates, plan.unchanged, plan.checksum,
                         outdated.changed + outdated.now_present)
     ident = {c: sql.Identifier(c) for c in columns}
-    shop = {"partner": key.partner_id, "shop": key.shop_id, "limit": limit}
-    joined = sql.SQL("from {kept} as p left join {production} as t on t.id = p.id and t.partner_id = %(partner)s"
-                     " and t.shop_id = %(shop)s where p._action = 'update'").format(kept=kept, production=production)
+    shop = {"shop_key": known_shop_key(cur, key), "limit": limit}
+    joined = sql.SQL("from {kept} as p left join {production} as t on t.shop_key = %(shop_key)s and t.id = p.id"
+                     " where p._action = 'update'").format(kept=kept, production=production)
     counts = sql.SQL(", ").join(
         sql.SQL("count(*) filter (where t.{c} is distinct from p.{c})").format(c=ident[c]) for c in columns)
     cur.execute(sql.SQL("select {counts} {joined}").format(counts=counts, joined=joined), shop)

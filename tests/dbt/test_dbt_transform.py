@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 from helpers import header_only, make_load, query
 
+from loader.contracts import load_contract
 from loader.database import Warehouse
 from loader.intake.partners import PartnersFile
+from loader.publish.transaction import ensure_production
 from loader.runs.progress import make_progress
+from loader.runs.registry import ensure_registry
 from loader.runs.worker import run_load
 from loader.samples.sms_v1 import ExportResult, ExportSpec, write_export
 
 REPO = Path(__file__).resolve().parents[2]
-PROD_SQL = REPO / "loader" / "contracts" / "sms_v1.sql"
 # Dependency order: parents are published before their children.
 ENTITIES = ("customers", "vehicles", "invoices", "line_items", "payments", "inventory_parts", "suppliers")
 WARNING_RULES = {"total_mismatch", "vin_check_digit", "short_phone", "vehicle_owner_mismatch", "unknown_column"}
@@ -46,8 +48,9 @@ def execute(db: Warehouse, sql: str) -> None:
 @pytest.fixture
 def shop_db(db: Warehouse) -> Warehouse:
     """The warehouse with empty production tables and no audit history from earlier tests."""
-    execute(db, "drop schema if exists prod_sms cascade; drop schema if exists analytics_audit cascade")
-    execute(db, PROD_SQL.read_text(encoding="utf-8"))
+    ensure_registry(db)
+    with contextlib.closing(db.connect()) as conn:
+        ensure_production(conn, load_contract("sms_v1"))
     return db
 
 
@@ -102,12 +105,14 @@ def publish(db: Warehouse) -> None:
             cur.execute("select column_name from information_schema.columns where table_schema = 'analytics_publish'"
                         " and table_name = %s order by ordinal_position", (f"publish_{entity}",))
             columns = [c for (c,) in cur.fetchall() if not c.startswith("_")]
-            business = [c for c in columns if c not in ("id", "partner_id", "shop_id", "external_id", "load_id")]
+            business = [c for c in columns
+                        if c not in ("id", "partner_id", "shop_id", "shop_key", "external_id", "load_id")]
             cur.execute(
-                f"insert into prod_sms.{entity} ({', '.join(columns)}, created_at, updated_at)"
-                f" select {', '.join(columns)}, now(), now() from analytics_publish.publish_{entity}"
+                f"insert into prod_sms.{entity} ({', '.join(columns)}, first_load_id, created_at, updated_at)"
+                f" select {', '.join(columns)}, load_id, now(), now() from analytics_publish.publish_{entity}"
                 f" where _action <> 'unchanged'"
-                f" on conflict (id) do update set load_id = excluded.load_id, updated_at = excluded.updated_at, "
+                f" on conflict (shop_key, id) do update set load_id = excluded.load_id,"
+                f" updated_at = excluded.updated_at, "
                 + ", ".join(f"{c} = excluded.{c}" for c in business)
                 + f" where ({', '.join(f'prod_sms.{entity}.{c}' for c in business)})"
                 f" is distinct from ({', '.join(f'excluded.{c}' for c in business)})"

@@ -18,7 +18,6 @@ from helpers import make_load, query, shop_values
 from loader.cli import main
 from loader.contracts import load_contract
 from loader.database import Warehouse
-from loader.intake.load_key import LoadKey
 from loader.publish.transaction import PublishError, dbt_relation, publish
 from loader.runs.slots import Slot
 from loader.samples.sms_v1 import ExportSpec, write_export
@@ -213,7 +212,7 @@ def test_publish_refuses_a_reference_that_production_does_not_have(db: Warehouse
               f" where _row_number = (select min(_row_number) from {vehicles.schema}.{vehicles.name})")
     refused = r"vehicles\.customer_id: 1 published rows .* reference a customers"
     with contextlib.closing(db.connect()) as conn, pytest.raises(PublishError, match=refused):
-        publish(conn, load_contract("sms_v1"), target, LoadKey.parse(load_of(sample)))
+        publish(conn, load_contract("sms_v1"), target)
     assert snapshot(db) == before
 
 

@@ -92,6 +92,12 @@ def test_a_version_1_production_is_upgraded_in_place_keeping_every_row_and_id(db
                      " from prod_sms.id_crosswalk where external_id = 'C1' order by shop_id") == [
         (internal_id("shop-1", "customers", "C1"), "shop-1", "customers", "C1", "load-1", "load-3"),
         (internal_id("shop-2", "customers", "C1"), "shop-2", "customers", "C1", "load-7", "load-8")]
+    # Every shop with rows got a key, in partner and shop order, and every row its shop's.
+    assert query(db, "select partner_id, shop_id, shop_key from loader_registry.shops order by shop_key") == [
+        ("acme", "shop-1", 1), ("acme", "shop-2", 2)]
+    assert query(db, "select distinct c.shop_id, c.shop_key, v.shop_key from prod_sms.customers as c"
+                     " inner join prod_sms.vehicles as v on v.customer_id = c.id order by 1") == [
+        ("shop-1", 1, 1), ("shop-2", 2, 2)]
     assert query(db, "select version from loader_registry.ddl_versions where name = 'production sms_v1'") == [
         (PRODUCTION_VERSION,)]
     upgraded = catalog(db)

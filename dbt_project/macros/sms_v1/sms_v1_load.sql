@@ -11,7 +11,7 @@
     already refused anything else) before it becomes a quoted literal.
 -#}
 {%- macro sms_load_context() -%}
-    {%- set names = ['run_id', 'partner_id', 'shop_id', 'load_id', 'date_format'] %}
+    {%- set names = ['run_id', 'partner_id', 'shop_id', 'shop_key', 'load_id', 'date_format'] %}
     {%- if var('run_id', none) is not none or not execute %}
         {%- set context = {} %}
         {%- for name in names %}
@@ -55,6 +55,32 @@
 {#- partner_id, shop_id or load_id as a SQL text literal. -#}
 {%- macro sms_load_literal(name) -%}
     {{ sms_sql_string(sms_load_var(name)) }}::text
+{%- endmacro -%}
+
+{#-
+    The shop's number (loader_registry.shops) as a SQL bigint, which leads
+    every key of the production tables. From the build context, or by hand
+    from the shop_key var or else the registry; NULL for a shop the loader has
+    never built, which has no production rows.
+-#}
+{%- macro sms_shop_key() -%}
+    {%- set value = sms_load_context()['shop_key'] %}
+    {%- if execute and value is none and var('run_id', none) is not none %}
+        {%- set rows = run_query(
+            'select shop_key from loader_registry.shops where partner_id = ' ~ sms_load_literal('partner_id')
+            ~ ' and shop_id = ' ~ sms_load_literal('shop_id')
+        ) %}
+        {%- set value = rows[0]['shop_key'] if rows | length == 1 else none %}
+    {%- endif %}
+    {%- if execute and value is not none and not (value | string).isdigit() %}
+        {% do exceptions.raise_compiler_error("shop_key must be a whole number, got " ~ value) %}
+    {%- endif %}
+    {{- 'null' if value is none else value | string }}::bigint
+{%- endmacro -%}
+
+{#- The condition that picks the load's shop's rows of a production table. -#}
+{%- macro sms_of_this_shop() -%}
+    shop_key = {{ sms_shop_key() }}
 {%- endmacro -%}
 
 {#- The run id as a SQL integer: only digits may get there. -#}

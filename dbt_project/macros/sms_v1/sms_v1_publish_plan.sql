@@ -17,7 +17,7 @@ checked as (
 
 production as (
     select * from {{ source('prod_sms', entity) }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+    where {{ sms_of_this_shop() }}
 ),
 
 planned as (
@@ -25,6 +25,7 @@ planned as (
         checked.id,
         {{ sms_load_literal('partner_id') }} as partner_id,
         {{ sms_load_literal('shop_id') }} as shop_id,
+        {{ sms_shop_key() }} as shop_key,
         checked.external_id,
         {{ sms_load_literal('load_id') }} as load_id,
         {%- for column in business_columns %}
@@ -40,6 +41,7 @@ final as (
         planned.id,
         planned.partner_id,
         planned.shop_id,
+        planned.shop_key,
         planned.external_id,
         planned.load_id,
         {{ sms_column_list('planned', names, trailing_comma=true) }}

@@ -12,8 +12,9 @@
             where parent.id = child.{{ column_name }}
         )
         and not exists (
+            -- Production's keys lead with the shop's.
             select 1 from {{ production }} as parent
-            where parent.id = child.{{ column_name }}
+            where parent.shop_key = child.shop_key and parent.id = child.{{ column_name }}
         )
 
 {% endtest %}

@@ -32,14 +32,14 @@ vehicles as (
 
 production_customers as (
     select * from {{ source('prod_sms', 'customers') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+    where {{ sms_of_this_shop() }}
 ),
 
 -- Not materialized: a materialized copy has no index for the owner check's
 -- lookup of a vehicle by its primary key.
 production_vehicles as not materialized (
     select * from {{ source('prod_sms', 'vehicles') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+    where {{ sms_of_this_shop() }}
 ),
 
 row_status as (

@@ -32,12 +32,12 @@ invoices as (
 
 production_invoices as (
     select * from {{ source('prod_sms', 'invoices') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+    where {{ sms_of_this_shop() }}
 ),
 
 production_line_items as (
     select * from {{ source('prod_sms', 'line_items') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+    where {{ sms_of_this_shop() }}
 ),
 
 row_status as (

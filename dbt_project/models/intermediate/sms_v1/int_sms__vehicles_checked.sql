@@ -23,7 +23,7 @@ customers as (
 
 production_customers as (
     select * from {{ source('prod_sms', 'customers') }}
-    where partner_id = {{ sms_load_literal('partner_id') }} and shop_id = {{ sms_load_literal('shop_id') }}
+    where {{ sms_of_this_shop() }}
 ),
 
 row_status as (
