@@ -197,7 +197,10 @@ class Floor:
                     with (folder / e.file).open("rb") as fh:
                         cur.copy_expert(f"copy floor_stage_{e.name} ({', '.join(_header(folder / e.file))})"
                                         " from stdin with (format csv, header true)", fh, size=1 << 20)
+                    # Fresh statistics, or PostgreSQL plans the joins for empty tables (nested loops).
+                    cur.execute(f"analyze floor_stage_{e.name}")
                     cur.execute(self._upsert(e, shop, load))
+                    cur.execute(f"analyze floor.{e.name}")
             return time.perf_counter() - start
 
 
