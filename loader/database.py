@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -169,6 +170,13 @@ def declared_version(path: Path, ddl: str) -> int:
     return int(found[0])
 
 
+def refuse_newer(what: str, found: int, known: int) -> None:
+    """Raise SchemaVersionError when `what` holds schema version `found`, newer than the `known` one."""
+    if found > known:
+        raise SchemaVersionError(f"{what} is schema version {found}, written by a newer loader; this loader"
+                                 f" knows versions up to {known}: upgrade the loader to use this database")
+
+
 @dataclass(frozen=True)
 class VersionedDdl:
     """A schema's DDL at its current version, and the upgrades that bring an older database to it.
@@ -195,7 +203,7 @@ class VersionedDdl:
             raise ValueError(f"{folder}: needs one upgrade per version from 2 to {version}, has {sorted(upgrades)}")
         return cls(name, schema, ddl, version, upgrades)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return hashlib.sha256("\n".join([self.ddl, *self.upgrades.values()]).encode()).hexdigest()
 
@@ -221,10 +229,7 @@ def apply_versioned(conn: psycopg2.extensions.connection, ddl: VersionedDdl) -> 
             return
         if exists:
             current = 1 if version is None else int(version)
-            if current > ddl.version:
-                raise SchemaVersionError(
-                    f"{ddl.name} in this database is schema version {current}, written by a newer loader;"
-                    f" this loader knows versions up to {ddl.version}: upgrade the loader to use this database")
+            refuse_newer(f"{ddl.name} in this database", current, ddl.version)
             for version in range(current + 1, ddl.version + 1):
                 cur.execute(ddl.upgrades[version])
         cur.execute(ddl.ddl)

@@ -13,7 +13,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 from pydantic import BaseModel, PlainSerializer
 
-from loader.database import SchemaVersionError, Warehouse, declared_version, one_row
+from loader.database import Warehouse, declared_version, one_row, refuse_newer
 from loader.dbt.relations import built_relation
 from loader.intake.load_key import LoadKey
 from loader.intake.manifest import Problem
@@ -422,11 +422,7 @@ def ensure_registry(warehouse: Warehouse) -> None:
             applied_digest, applied_version = _applied(cur)
             if (applied_digest, applied_version) == (digest, version):
                 return
-            if applied_version > version:
-                raise SchemaVersionError(
-                    f"the run registry (loader_registry) in {warehouse.display} is schema version"
-                    f" {applied_version}, written by a newer loader; this loader knows versions up to {version}:"
-                    " upgrade the loader to use this database")
+            refuse_newer(f"the run registry (loader_registry) in {warehouse.display}", applied_version, version)
             cur.execute(ddl)
             cur.execute(
                 "insert into loader_registry.schema_version (digest, version) values (%s, %s) on conflict (singleton)"

@@ -66,6 +66,7 @@ def crossed_thresholds(
     production now, before this load: `cur` must not see the load's own
     uncommitted publish.
     """
+    shop = known_shop_key(cur, key)
     cur.execute(sql.SQL("select entity, landed_rows, rejected_rows, updated from {} where run_id = %s"
                         " order by entity_order").format(ledger.ident()), (run_id,))
     crossed = []
@@ -76,7 +77,7 @@ def crossed_thresholds(
         limit = thresholds.max_update_pct
         if limit is not None and updated:
             cur.execute(sql.SQL("select count(*) from {} where shop_key = %s").format(
-                sql.Identifier(contract.production_schema, entity)), (known_shop_key(cur, key),))
+                sql.Identifier(contract.production_schema, entity)), (shop,))
             existing = int(one_row(cur)[0])
             share = 100.0 * updated / existing if existing else 100.0
             if share > limit:
