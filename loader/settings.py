@@ -39,6 +39,9 @@ class LoaderSettings(BaseSettings):
                                       description="tries of one webhook delivery before it is given up")
     webhook_retry_base_seconds: float = Field(default=10.0, ge=0, le=3600,
                                               description="the first redelivery's delay; each next one doubles it")
+    recheck_unchanged: bool = Field(default=False,
+                                    description="check every row of a reload again, also those identical to the"
+                                                " previous load's accepted rows")
     log_format: Literal["text", "json"] = Field(default="text",
                                                 description="text, or json: one JSON object per line")
 

@@ -21,6 +21,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What staging trims from both ends of every value: Unicode's White_Space characters. The dbt macro
+# <contract>_white_space() is rendered from it, and the unchanged-rows check trims keys with it too.
+WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+
 # The staging models cast integers to bigint and production stores them as bigint: no bound may lie outside it.
 BIGINT_RANGE = (-(2**63), 2**63 - 1)
 # PostgreSQL's numeric(p, s) allows a precision of at most 1000.

@@ -6,7 +6,7 @@ import textwrap
 from typing import get_args
 
 from loader.contracts import Column, Contract, Entity
-from loader.contracts.model import ColumnType, TypeBounds
+from loader.contracts.model import WHITE_SPACE, ColumnType, TypeBounds
 
 INDENT = "    "
 
@@ -19,8 +19,19 @@ def render_contract_macro(contract: Contract) -> str:
     ]
     for entity in contract.entities:
         lines += _entity_lines(entity, contract.types)
-    lines += [f"{INDENT}}}) %}}", "{%- endmacro -%}"]
+    lines += [f"{INDENT}}}) %}}", "{%- endmacro -%}", "", *_white_space_macro(contract)]
     return "\n".join(lines) + "\n"
+
+
+def _white_space_macro(contract: Contract) -> list[str]:
+    """What staging trims from every value, as a SQL string of the characters (see WHITE_SPACE)."""
+    escaped = "".join(f"\\u{ord(c):04x}" for c in WHITE_SPACE)
+    return [
+        "{#- The characters trimmed from both ends of every value: Unicode's White_Space. -#}",
+        f"{{%- macro {contract.name}_white_space() -%}}",
+        f"{INDENT}e'{escaped}'",
+        "{%- endmacro -%}",
+    ]
 
 
 def _header(contract: Contract) -> list[str]:

@@ -33,6 +33,7 @@ from loader.landing.raw_copy import LandingError
 from loader.landing.spool import LandedFile, load, preload_unless_landed, prepare
 from loader.publish.identical_rerun import carry_over, fingerprint, previous_identical_run
 from loader.publish.transaction import Publisher, PublishError, ensure_production
+from loader.publish.unchanged_rows import carry_unchanged
 from loader.runs import faults
 from loader.runs.progress import Progress
 from loader.runs.queue import ClaimedRun, Heartbeat, hold_lease, run_connection_name
@@ -88,6 +89,8 @@ class Runner:
     land_workers: int = 2
     # Off for the landing benchmark and `loader run --land-only`: verify and land only.
     transform: bool = True
+    # LOADER_RECHECK_UNCHANGED: check every row of a reload, also those identical to the previous load's.
+    recheck_unchanged: bool = False
 
 
 @dataclass
@@ -287,6 +290,13 @@ def _transform_and_publish(
             _complete(run, cur, digest, message)
         return RunOutcome(run.run_id, "completed", verification, landed, message=message)
 
+    with run.step("compare") as comparing:
+        rules = fingerprint(contract.name, {}, encoding, date_format)
+        carried = carry_unchanged(conn, contract, key, run.run_id, rules, recheck=run.runner.recheck_unchanged)
+        comparing.rows = sum(c.rows for c in carried)
+    if carried:
+        run.runner.progress.status(f"{comparing.rows:,} row(s) identical to run {carried[0].from_run}'s accepted"
+                                   " rows: carried over as valid and unchanged, not checked again")
     run.runner.progress.status(f"validating and mapping with dbt, publishing into {contract.production_schema}")
     set_build_context(conn, slot.number, run.run_id, key, date_format)
     message = f"published into {contract.production_schema}"

@@ -1,4 +1,4 @@
--- schema version: 2
+-- schema version: 3
 -- Run registry: one row per run, an append-only status history, and the files
 -- each run landed. Applied once per version of this file (schema_version holds
 -- its digest and version), never on every command: DDL takes ACCESS EXCLUSIVE
@@ -167,6 +167,19 @@ create table if not exists loader_registry.run_files (
     primary key (run_id, entity)
 );
 
+-- A reload checks only what changed: rows identical to rows the shop's previous
+-- completed run accepted without a remark are carried over as valid and
+-- unchanged (loader/publish/unchanged_rows.py). Per entity, the run whose
+-- verdicts were carried, how many rows, and the row numbers dbt checked
+-- (NULL: every row of the file).
+alter table loader_registry.run_files add column if not exists carried_from_run bigint;
+alter table loader_registry.run_files add column if not exists carried_rows bigint not null default 0;
+alter table loader_registry.run_files add column if not exists checked_rows int8multirange;
+
+-- The fingerprint of what decides a row's verdict besides the files (contract,
+-- parse settings, dbt SQL): verdicts are carried only between runs that share it.
+alter table loader_registry.runs add column if not exists rules_fingerprint text;
+
 -- The load that each worker slot's next dbt build validates (dbt macro
 -- sms_load_context): one row per slot, replaced before each of its builds. dbt
 -- reads it at run time, so the loader passes no vars and dbt's parse stays
@@ -296,6 +309,11 @@ create table if not exists loader_registry.run_steps (
     rows bigint,
     primary key (run_id, step)
 );
+
+-- 'compare': finding the rows identical to the shop's previous load (version 3).
+alter table loader_registry.run_steps drop constraint if exists run_steps_step_check;
+alter table loader_registry.run_steps add constraint run_steps_step_check
+check (step in ('verify', 'land', 'compare', 'dbt build', 'publish'));
 
 -- The digest of other DDL the loader applies once per version (each contract's
 -- production and raw tables, see database.apply_once), by name.

@@ -22,7 +22,7 @@ def test_show_gives_step_durations_rows_per_second_and_queue_lag(db: Warehouse, 
     assert main(["show", "acme/shop-1/load-1", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     steps = {s["step"]: s for s in body["steps"]}
-    assert list(steps) == ["verify", "land", "dbt build", "publish"]
+    assert list(steps) == ["verify", "land", "compare", "dbt build", "publish"]
     [(queued, started, completed)] = query(db, "select queued_at, started_at, completed_at from loader_registry.runs")
     assert 0 <= body["queue_lag_seconds"] == pytest.approx((started - queued).total_seconds(), abs=0.002)
     assert sum(s["seconds"] for s in steps.values()) <= (completed - started).total_seconds() + 0.01
@@ -31,6 +31,8 @@ def test_show_gives_step_durations_rows_per_second_and_queue_lag(db: Warehouse, 
     assert steps["publish"]["rows"] == 50
     assert steps["land"]["rows_per_second"] == pytest.approx(50 / steps["land"]["seconds"], rel=0.01)
     assert steps["verify"]["rows"] is None
+    # A first load has no earlier rows to carry over: it checks all of them.
+    assert steps["compare"]["rows"] == 0
     assert main(["show", "acme/shop-1/load-1"]) == 0
     out = capsys.readouterr().out
     assert "waited " in out and "s in the queue" in out

@@ -8,18 +8,12 @@
 -#}
 
 {#-
-    Unicode's White_Space characters (tab, line ends, space, no-break space,
-    the typographic spaces U+2000-U+200A, the ideographic space, ...), listed
-    rather than left to the database, whose idea of a space depends on its
-    locale. Escapes above U+007F need a UTF8 database, which the raw layer's
-    text is anyway.
+    Trimmed of Unicode's White_Space characters (sms_v1_white_space(), rendered
+    from loader/contracts/model.py), listed rather than left to the database,
+    whose idea of a space depends on its locale; NULL when nothing is left.
 -#}
-{%- macro sms_white_space() -%}
-    e'\u0009\u000a\u000b\u000c\u000d\u0020\u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000'
-{%- endmacro -%}
-
 {%- macro sms_clean(column_name) -%}
-    nullif(btrim("{{ column_name }}", {{ sms_white_space() }}), '')
+    nullif(btrim("{{ column_name }}", {{ sms_v1_white_space() }}), '')
 {%- endmacro -%}
 
 {#-

@@ -9,7 +9,7 @@
     file ever landed; an identical rerun points at the same file_id, so the
     run registry, not the load key, says which rows belong to a run.
 -#}
-{%- macro sms_v1_run_rows(entity) -%}
+{%- macro sms_v1_file_rows(entity) -%}
     select *
     from {{ source('raw_sms_v1', entity) }}
     where _file_id = (
@@ -17,6 +17,22 @@
         from {{ source('loader_registry', 'run_files') }} as run_files
         where run_files.run_id = {{ sms_run_id() }} and run_files.entity = {{ sms_sql_string(entity) }}
     )
+{%- endmacro -%}
+
+{#-
+    The rows of that file the run checks: all of them, unless the loader found
+    rows identical to rows the shop's previous run accepted without a remark
+    (loader/publish/unchanged_rows.py); those are carried over as valid and
+    unchanged, and run_files.checked_rows lists the others. The multirange is
+    read once, and each row number is looked up in it by binary search.
+-#}
+{%- macro sms_v1_run_rows(entity) -%}
+    {{ sms_v1_file_rows(entity) }}
+    and coalesce(_row_number <@ (
+        select run_files.checked_rows
+        from {{ source('loader_registry', 'run_files') }} as run_files
+        where run_files.run_id = {{ sms_run_id() }} and run_files.entity = {{ sms_sql_string(entity) }}
+    ), true)
 {%- endmacro -%}
 
 {#-

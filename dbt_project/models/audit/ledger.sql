@@ -3,6 +3,8 @@
 -- so that nothing can go missing unnoticed:
 --   manifest_rows = landed_rows = valid_rows + rejected_rows
 --   valid_rows = inserted + updated + unchanged
+-- Rows carried over unchanged from the shop's previous run (run_files.carried_rows,
+-- not checked again) count as valid and unchanged.
 with
 
 entities as (
@@ -25,7 +27,7 @@ landed as (
         select
             {{ sms_sql_string(entity) }} as entity,
             count(*) as landed_rows
-        from ({{ sms_v1_run_rows(entity) }}) as raw_rows
+        from ({{ sms_v1_file_rows(entity) }}) as raw_rows
         {% if not loop.last %}union all{% endif %}
     {% endfor %}
 ),
@@ -64,12 +66,12 @@ final as (
         entities.entity_order,
         coalesce(run_files.manifest_rows, 0) as manifest_rows,
         coalesce(landed.landed_rows, 0) as landed_rows,
-        coalesce(checked.valid_rows, 0) as valid_rows,
+        coalesce(checked.valid_rows, 0) + coalesce(run_files.carried_rows, 0) as valid_rows,
         coalesce(checked.rejected_rows, 0) as rejected_rows,
         coalesce(checked.warning_rows, 0) as warning_rows,
         coalesce(planned.inserted, 0) as inserted,
         coalesce(planned.updated, 0) as updated,
-        coalesce(planned.unchanged, 0) as unchanged
+        coalesce(planned.unchanged, 0) + coalesce(run_files.carried_rows, 0) as unchanged
     from entities
     left join run_files on entities.entity = run_files.entity
     left join landed on entities.entity = landed.entity

@@ -2,7 +2,7 @@
 -- entities' rules run, off the critical path, and int_sms__line_items_checked,
 -- the longest model, then only reads them.
 {{ config(materialized='table', unlogged=true) }}
--- The line_items of one run (var run_id): one row per raw record, values trimmed,
+-- The line_items of one run (var run_id): one row per raw record it checks, values trimmed,
 -- normalised and typed. A value that does not parse is NULL here and has a row
 -- in stg_sms__line_items_exceptions, which decides whether the row may load.
 with

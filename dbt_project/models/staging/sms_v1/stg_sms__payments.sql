@@ -1,4 +1,4 @@
--- The payments of one run (var run_id): one row per raw record, values trimmed,
+-- The payments of one run (var run_id): one row per raw record it checks, values trimmed,
 -- normalised and typed. A value that does not parse is NULL here and has a row
 -- in stg_sms__payments_exceptions, which decides whether the row may load.
 with
