@@ -58,6 +58,11 @@ def previous_verdicts(cur: psycopg2.extensions.cursor, key: LoadKey, run_id: int
     return row[0] if row is not None and row[1] == rules else None
 
 
+def record_rules(cur: psycopg2.extensions.cursor, run_id: int, rules: str) -> None:
+    """Note the rules a run's verdicts were reached under, so that a later run may carry them."""
+    cur.execute("update loader_registry.runs set rules_fingerprint = %s where run_id = %s", (rules, run_id))
+
+
 def carry_unchanged(
     conn: psycopg2.extensions.connection, contract: Contract, key: LoadKey, run_id: int, rules: str, *,
     recheck: bool = False,
@@ -67,7 +72,7 @@ def carry_unchanged(
     With `recheck`, dbt checks every row (the run's verdicts can still be carried by the next run).
     """
     with conn, conn.cursor() as cur:
-        cur.execute("update loader_registry.runs set rules_fingerprint = %s where run_id = %s", (rules, run_id))
+        record_rules(cur, run_id, rules)
         previous = None if recheck else previous_verdicts(cur, key, run_id, rules)
         if previous is None:
             return []

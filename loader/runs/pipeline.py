@@ -33,7 +33,7 @@ from loader.landing.raw_copy import LandingError
 from loader.landing.spool import LandedFile, load, preload_unless_landed, prepare
 from loader.publish.identical_rerun import carry_over, fingerprint, previous_identical_run
 from loader.publish.transaction import Publisher, PublishError, ensure_production
-from loader.publish.unchanged_rows import carry_unchanged
+from loader.publish.unchanged_rows import carry_unchanged, record_rules
 from loader.runs import faults
 from loader.runs.progress import Progress
 from loader.runs.queue import ClaimedRun, Heartbeat, hold_lease, run_connection_name
@@ -281,17 +281,18 @@ def _transform_and_publish(
     conn = run.conn
     ensure_production(conn, contract)
     digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format)
+    rules = fingerprint(contract.name, {}, encoding, date_format)
     previous = previous_identical_run(conn, key, run.run_id, digest)
     if previous is not None:
         message = f"identical to run {previous}: every valid row unchanged, nothing to publish"
         with conn, conn.cursor() as cur:
             run.hold(cur)
             carry_over(cur, previous, run.run_id)
+            record_rules(cur, run.run_id, rules)
             _complete(run, cur, digest, message)
         return RunOutcome(run.run_id, "completed", verification, landed, message=message)
 
     with run.step("compare") as comparing:
-        rules = fingerprint(contract.name, {}, encoding, date_format)
         carried = carry_unchanged(conn, contract, key, run.run_id, rules, recheck=run.runner.recheck_unchanged)
         comparing.rows = sum(c.rows for c in carried)
     if carried:

@@ -98,6 +98,8 @@ def test_a_reload_carries_unchanged_rows_and_every_rule_stays_exact(
     load_both(db, tmp_path, first, "l1", monkeypatch)
     assert_same(db, "l1", capsys)
     assert sum(carried(db, "carry", "l1").values()) == 0
+    # An identical rerun in between: the next load carries the verdicts it carried over.
+    load_both(db, tmp_path, first, "l1", monkeypatch)
 
     second = {entity: Table(t.header, [list(r) for r in t.records]) for entity, t in first.items()}
     customers, vehicles = second["customers"], second["vehicles"]

@@ -23,16 +23,28 @@
     The rows of that file the run checks: all of them, unless the loader found
     rows identical to rows the shop's previous run accepted without a remark
     (loader/publish/unchanged_rows.py); those are carried over as valid and
-    unchanged, and run_files.checked_rows lists the others. The multirange is
-    read once, and each row number is looked up in it by binary search.
+    unchanged, and run_files.checked_rows lists the others. Its row numbers
+    are unnested into a set that PostgreSQL hashes once: a multirange tested
+    row by row would be read from TOAST again for every row.
 -#}
 {%- macro sms_v1_run_rows(entity) -%}
+    {%- set this_file -%}
+        run_files.run_id = {{ sms_run_id() }} and run_files.entity = {{ sms_sql_string(entity) }}
+    {%- endset %}
     {{ sms_v1_file_rows(entity) }}
-    and coalesce(_row_number <@ (
-        select run_files.checked_rows
-        from {{ source('loader_registry', 'run_files') }} as run_files
-        where run_files.run_id = {{ sms_run_id() }} and run_files.entity = {{ sms_sql_string(entity) }}
-    ), true)
+    and (
+        (
+            select run_files.checked_rows is null
+            from {{ source('loader_registry', 'run_files') }} as run_files
+            where {{ this_file }}
+        )
+        or _row_number in (
+            select generate_series(lower(checked.row_range), upper(checked.row_range) - 1)
+            from {{ source('loader_registry', 'run_files') }} as run_files
+            cross join lateral unnest(run_files.checked_rows) as checked (row_range)
+            where {{ this_file }}
+        )
+    )
 {%- endmacro -%}
 
 {#-
