@@ -128,9 +128,10 @@ def _stage_rows(cur: psycopg2.extensions.cursor, contract: Contract, entity: Ent
     columns = [sql.Identifier("new", c) for c in entity.column_names]
     refs = [sql.SQL("{} as {}").format(_trimmed(c, "new"), sql.Identifier(f"ref__{c}")) for c, _ in
             _references(entity)]
+    # The previous run's rows with an exception row, as a set PostgreSQL hashes once.
     remarked = sql.SQL(
-        "exists (select from loader_registry.run_exceptions as e where e.run_id = {previous}"
-        " and e.entity = {entity} and e.row_number = {row})"
+        "{row} in (select e.row_number from loader_registry.run_exceptions as e where e.run_id = {previous}"
+        " and e.entity = {entity} and e.row_number is not null)"
     )
     if old_file is None:
         same: sql.Composable = sql.SQL("false")
@@ -144,9 +145,9 @@ def _stage_rows(cur: psycopg2.extensions.cursor, contract: Contract, entity: Ent
         same = sql.SQL("new._problem is null and old._row_number is not null")
         old_columns = [sql.Identifier("old", c) for c in entity.column_names]
         source = sql.SQL(
-            " left join {raw} as old on old._file_id = {old_file} and old._problem is null"
-            " and old.{key} = new.{key} and ({old_columns}) is not distinct from ({new_columns})"
-            " and not {remarked}"
+            " left join (select * from {raw} as old where old._file_id = {old_file} and old._problem is null"
+            " and not {remarked}) as old"
+            " on old.{key} = new.{key} and ({old_columns}) is not distinct from ({new_columns})"
         ).format(raw=raw, old_file=sql.Literal(old_file), key=sql.Identifier(entity.key),
                  old_columns=sql.SQL(", ").join(old_columns), new_columns=sql.SQL(", ").join(columns),
                  remarked=remarked.format(previous=sql.Literal(previous), entity=sql.Literal(entity.name),
