@@ -115,15 +115,18 @@ def keep_plan(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey,
         kept, before = _kept(run_id, entity), _kept(run_id, entity, "__before")
         production = sql.Identifier(contract.production_schema, entity)
         cur.execute(sql.SQL("create table {} as select * from {}").format(kept, plans[f"publish_{entity}"].ident()))
+        # Every production row of the shop, not only those the plan writes: the rows a reload carried over
+        # unchanged (run_files.carried_rows) are in no plan, and their verdict assumed production as it is now.
         cur.execute(sql.SQL("""
             create table {before} as
-            select t.id, {hash} as production_hash
+            select t.id, t.external_id, {hash} as production_hash
             from {production} as t
-            inner join {kept} as p on t.id = p.id
-            where t.shop_key = %s and p._action <> 'insert'
-            """).format(before=before, hash=_row_hash("t", columns), production=production, kept=kept), shop)
+            where t.shop_key = %s
+            """).format(before=before, hash=_row_hash("t", columns), production=production), shop)
         cur.execute(sql.SQL("select count(*) filter (where _action = 'insert'), count(*) filter (where _action ="
-                            " 'update'), count(*) filter (where _action = 'unchanged') from {}").format(kept))
+                            " 'update'), count(*) filter (where _action = 'unchanged') + coalesce((select"
+                            " carried_rows from loader_registry.run_files where run_id = %s and entity = %s), 0)"
+                            " from {}").format(kept), (run_id, entity))
         inserts, updates, unchanged = one_row(cur)
         cur.execute(
             "insert into loader_registry.run_review_plans (run_id, entity, entity_order, checksum, inserts, updates,"
@@ -185,7 +188,7 @@ class Outdated:
     def __str__(self) -> str:
         parts = []
         if self.changed:
-            parts.append(f"{self.changed} row(s) it updates or leaves unchanged were changed or deleted")
+            parts.append(f"{self.changed} row(s) of the shop were changed or deleted")
         if self.now_present:
             parts.append(f"{self.now_present} row(s) it inserts are in production now")
         return f"{self.entity}: {' and '.join(parts)} (for example {self.example})"
@@ -207,9 +210,8 @@ def _outdated(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey,
             ) as held
             """).format(**fmt), shop)
     cur.execute(sql.SQL("""
-        select count(*), min(p.external_id)
+        select count(*), min(b.external_id)
         from {before} as b
-        inner join {kept} as p on b.id = p.id
         left join {production} as t on t.shop_key = %(shop_key)s and t.id = b.id
         where t.id is null or {hash} <> b.production_hash
         """).format(**fmt), shop)
