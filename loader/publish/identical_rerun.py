@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import psycopg2.extensions
 
@@ -33,10 +34,35 @@ def dbt_project_digest() -> str:
     return sha.hexdigest()
 
 
-def fingerprint(contract: str, file_ids: dict[str, int], encoding: str, date_format: str | None) -> str:
+def fingerprint(contract: str, file_ids: dict[str, int], encoding: str, date_format: str | None,
+                dbt_digest: str) -> str:
+    """What decides a run's outcome; with no files, what decides a row's verdict (runs.rules_fingerprint)."""
     body = {"contract": contract, "files": file_ids, "encoding": encoding, "date_format": date_format,
-            "dbt": dbt_project_digest()}
+            "dbt": dbt_digest}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CompletedRun:
+    run_id: int
+    fingerprint: str
+    rules_fingerprint: str | None
+
+
+def latest_completed_run(cur: psycopg2.extensions.cursor, key: LoadKey, run_id: int) -> CompletedRun | None:
+    """The shop's completed run other than `run_id` that published last (so production holds what it wrote).
+
+    By completion, not by run id: a failed run taken back with `loader rerun` keeps its id and may complete
+    after a newer one.
+    """
+    cur.execute(
+        "select run_id, fingerprint, rules_fingerprint from loader_registry.runs where partner_id = %s"
+        " and shop_id = %s and status = 'completed' and run_id <> %s and fingerprint is not null"
+        " order by completed_at desc, run_id desc limit 1",
+        (key.partner_id, key.shop_id, run_id),
+    )
+    row = cur.fetchone()
+    return None if row is None else CompletedRun(row[0], row[1], row[2])
 
 
 def previous_identical_run(
@@ -44,13 +70,8 @@ def previous_identical_run(
 ) -> int | None:
     """The shop's latest completed run, if it had the same inputs."""
     with conn, conn.cursor() as cur:
-        cur.execute(
-            "select run_id, fingerprint from loader_registry.runs where partner_id = %s and shop_id = %s"
-            " and status = 'completed' and run_id <> %s and fingerprint is not null order by run_id desc limit 1",
-            (key.partner_id, key.shop_id, run_id),
-        )
-        row = cur.fetchone()
-    return row[0] if row is not None and row[1] == digest else None
+        latest = latest_completed_run(cur, key, run_id)
+    return latest.run_id if latest is not None and latest.fingerprint == digest else None
 
 
 def carry_over(cur: psycopg2.extensions.cursor, previous: int, run_id: int) -> None:

@@ -37,6 +37,7 @@ from psycopg2 import sql
 from loader.contracts import Contract, Entity
 from loader.contracts.model import WHITE_SPACE
 from loader.intake.load_key import LoadKey
+from loader.publish.identical_rerun import latest_completed_run
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,8 @@ class Carried:
 
 def previous_verdicts(cur: psycopg2.extensions.cursor, key: LoadKey, run_id: int, rules: str) -> int | None:
     """The shop's latest completed run, if its rows were checked under the same rules."""
-    cur.execute(
-        "select run_id, rules_fingerprint from loader_registry.runs where partner_id = %s and shop_id = %s"
-        " and status = 'completed' and run_id <> %s and fingerprint is not null"
-        " order by completed_at desc, run_id desc limit 1",
-        (key.partner_id, key.shop_id, run_id),
-    )
-    row = cur.fetchone()
-    return row[0] if row is not None and row[1] == rules else None
+    latest = latest_completed_run(cur, key, run_id)
+    return latest.run_id if latest is not None and latest.rules_fingerprint == rules else None
 
 
 def record_rules(cur: psycopg2.extensions.cursor, run_id: int, rules: str) -> None:

@@ -31,7 +31,7 @@ from loader.intake.manifest import Problem, Verification, record_count_problems,
 from loader.intake.partners import PartnersFile, Thresholds
 from loader.landing.raw_copy import LandingError
 from loader.landing.spool import LandedFile, load, preload_unless_landed, prepare
-from loader.publish.identical_rerun import carry_over, fingerprint, previous_identical_run
+from loader.publish.identical_rerun import carry_over, dbt_project_digest, fingerprint, previous_identical_run
 from loader.publish.transaction import Publisher, PublishError, ensure_production
 from loader.publish.unchanged_rows import carry_unchanged, record_rules
 from loader.runs import faults
@@ -280,8 +280,10 @@ def _transform_and_publish(
     """
     conn = run.conn
     ensure_production(conn, contract)
-    digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format)
-    rules = fingerprint(contract.name, {}, encoding, date_format)
+    # Read and hashed once: both fingerprints include every file of the dbt project.
+    dbt_digest = dbt_project_digest()
+    digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format, dbt_digest)
+    rules = fingerprint(contract.name, {}, encoding, date_format, dbt_digest)
     previous = previous_identical_run(conn, key, run.run_id, digest)
     if previous is not None:
         message = f"identical to run {previous}: every valid row unchanged, nothing to publish"
