@@ -233,6 +233,8 @@ def loader_run(folder: Path, home: Path, database_url: str) -> Timed:
     queue: mp.Queue[Any] = ctx.Queue()
     log_path = DATA / f"e2e-{folder.parent.name}-{folder.name}.log"
     os.environ["LOADER_DATABASE_URL"] = database_url
+    # A run that builds nothing (an identical rerun) must not report the previous run's dbt nodes.
+    _dbt_results(home).unlink(missing_ok=True)
     proc = ctx.Process(target=_child, args=(str(folder), str(home), str(log_path), queue))
     proc.start()
     status, message, seconds, rss = queue.get()
@@ -242,9 +244,13 @@ def loader_run(folder: Path, home: Path, database_url: str) -> Timed:
     return Timed(float(seconds), float(rss), _slowest_dbt_nodes(home))
 
 
+def _dbt_results(home: Path) -> Path:
+    return home / "dbt" / "slot-1" / "target" / "run_results.json"
+
+
 def _slowest_dbt_nodes(home: Path, top: int = 6) -> str:
     """The dbt nodes of the last build that took longest (where to look next)."""
-    results = home / "dbt" / "slot-1" / "target" / "run_results.json"
+    results = _dbt_results(home)
     if not results.exists():
         return "no dbt build"
     nodes = json.loads(results.read_text(encoding="utf-8"))["results"]

@@ -131,7 +131,8 @@ def _foreground_runner(settings: LoaderSettings, warehouse: Warehouse, args: arg
                        progress: Progress) -> Runner:
     return Runner(warehouse, load_partners(settings.partners_file), settings.home_dir, worker_name("cli"), progress,
                   lease_seconds=settings.lease_seconds, land_workers=settings.land_workers,
-                  transform=not getattr(args, "land_only", False), recheck_unchanged=settings.recheck_unchanged)
+                  transform=not getattr(args, "land_only", False), recheck_unchanged=settings.recheck_unchanged,
+                  production_partitions=settings.production_partitions)
 
 
 def _finish_foreground(outcome: RunOutcome, warehouse: Warehouse, args: argparse.Namespace) -> int:

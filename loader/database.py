@@ -208,12 +208,14 @@ class VersionedDdl:
         return hashlib.sha256("\n".join([self.ddl, *self.upgrades.values()]).encode()).hexdigest()
 
 
-def apply_versioned(conn: psycopg2.extensions.connection, ddl: VersionedDdl) -> None:
+def apply_versioned(conn: psycopg2.extensions.connection, ddl: VersionedDdl, *, create: str | None = None) -> None:
     """Bring `ddl`'s schema to its current version: create it, upgrade it in place, or refuse a newer one.
 
     Like apply_once, the common case is a one-row read; the DDL runs in one
     transaction under an advisory lock, so an upgrade that fails leaves the
     schema as it was. Needs the registry (loader_registry.ddl_versions).
+    `create`, if given, creates the schema when it does not exist yet instead of `ddl.ddl` (the same tables
+    laid out otherwise).
     """
     check = ("select v.version, v.digest, exists (select from pg_namespace where nspname = %s)"
              " from (select) as one left join loader_registry.ddl_versions as v on v.name = %s")
@@ -232,13 +234,32 @@ def apply_versioned(conn: psycopg2.extensions.connection, ddl: VersionedDdl) -> 
             refuse_newer(f"{ddl.name} in this database", current, ddl.version)
             for version in range(current + 1, ddl.version + 1):
                 cur.execute(ddl.upgrades[version])
-        cur.execute(ddl.ddl)
+        cur.execute(ddl.ddl if exists or create is None else create)
         cur.execute(
             "insert into loader_registry.ddl_versions (name, digest, version) values (%s, %s, %s)"
             " on conflict (name) do update set digest = excluded.digest, version = excluded.version,"
             " applied_at = clock_timestamp()",
             (ddl.name, ddl.digest, ddl.version),
         )
+
+
+@contextlib.contextmanager
+def hash_joins(cur: psycopg2.extensions.cursor) -> Iterator[None]:
+    """Plan the statements inside without nested loops.
+
+    They join rows that this very transaction, or a moment ago the run's COPY,
+    wrote (a shop's production rows, a new file's raw rows): the statistics do not know those rows yet, so
+    PostgreSQL takes them for one row and may pick a nested loop that reads
+    the other side once per row, quadratic in the load (minutes for 20,000
+    customers, hours for a million line items). Hash and merge joins stay
+    linear whatever the statistics say. Restored only on success: after an
+    error the transaction, and this setting with it, is rolled back.
+    """
+    cur.execute("select current_setting('enable_nestloop')")
+    previous = one_row(cur)[0]
+    cur.execute("set local enable_nestloop = off")
+    yield
+    cur.execute("select set_config('enable_nestloop', %s, true)", (previous,))
 
 
 def one_row(cur: psycopg2.extensions.cursor) -> tuple[Any, ...]:

@@ -42,6 +42,9 @@ class LoaderSettings(BaseSettings):
     recheck_unchanged: bool = Field(default=False,
                                     description="check every row of a reload again, also those identical to the"
                                                 " previous load's accepted rows")
+    production_partitions: int = Field(default=0, ge=0, le=1024,
+                                       description="hash-partition the production tables by shop into this many"
+                                                   " partitions when they are created (0: plain tables)")
     log_format: Literal["text", "json"] = Field(default="text",
                                                 description="text, or json: one JSON object per line")
 

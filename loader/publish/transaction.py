@@ -8,9 +8,9 @@ transaction, so a failure anywhere leaves production exactly as it was.
 
 from __future__ import annotations
 
-import contextlib
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from loader.contracts import Contract
-from loader.database import VersionedDdl, apply_versioned, one_row
+from loader.database import VersionedDdl, apply_versioned, hash_joins, one_row
 from loader.dbt.relations import MissingRelation, Relation, dbt_relation
 
 # Production columns that are bookkeeping, not the entity's values: a row whose
@@ -37,25 +37,6 @@ class EntityPublished:
     entity: str
     inserted: int
     updated: int
-
-
-@contextlib.contextmanager
-def _hash_joins(cur: psycopg2.extensions.cursor) -> Iterator[None]:
-    """Plan the statements inside without nested loops.
-
-    They join this shop's production rows, which this very transaction may
-    just have written: the statistics do not know those rows yet, so
-    PostgreSQL takes them for one row and may pick a nested loop that reads
-    the other side once per row, quadratic in the load (minutes for 20,000
-    customers, hours for a million line items). Hash and merge joins stay
-    linear whatever the statistics say. Restored only on success: after an
-    error the transaction, and this setting with it, is rolled back.
-    """
-    cur.execute("select current_setting('enable_nestloop')")
-    previous = one_row(cur)[0]
-    cur.execute("set local enable_nestloop = off")
-    yield
-    cur.execute("select set_config('enable_nestloop', %s, true)", (previous,))
 
 
 def business_columns(cur: psycopg2.extensions.cursor, schema: str, table: str) -> list[str]:
@@ -276,7 +257,11 @@ class ForeignKey:
 
 
 def _foreign_keys(cur: psycopg2.extensions.cursor, schema: str) -> list[ForeignKey]:
-    """The production schema's foreign keys, from the catalog (the DDL file is the one place they are written)."""
+    """The production schema's foreign keys, from the catalog (the DDL file is the one place they are written).
+
+    As declared: on partitioned tables (LOADER_PRODUCTION_PARTITIONS) PostgreSQL clones each one per
+    partition (conparentid names the declared one), which would name partitions instead of tables.
+    """
     cur.execute("""
         select child.relname, parent.relname,
             array(select a.attname from unnest(c.conkey) with ordinality as k (attnum, n)
@@ -287,7 +272,7 @@ def _foreign_keys(cur: psycopg2.extensions.cursor, schema: str) -> list[ForeignK
         inner join pg_class as child on c.conrelid = child.oid
         inner join pg_namespace as ns on child.relnamespace = ns.oid
         inner join pg_class as parent on c.confrelid = parent.oid
-        where c.contype = 'f' and ns.nspname = %s
+        where c.contype = 'f' and ns.nspname = %s and c.conparentid = 0
         order by 1, 3
         """, (schema,))
     return [ForeignKey(table, tuple(columns), parent, tuple(parent_columns))
@@ -338,7 +323,7 @@ def _check_references(
                 new_parents = sql.SQL(
                     "and not exists (select from {parent_plan} as pp where {pairs} and pp._action = 'insert')"
                 ).format(parent_plan=plans[fk.parent].ident(), pairs=pairs("p", "pp"))
-            with _hash_joins(cur):
+            with hash_joins(cur):
                 cur.execute(sql.SQL("""
                     select count(*) from (
                         select from {parent} as t
@@ -363,7 +348,36 @@ def _check_references(
             )
 
 
-def ensure_production(conn: psycopg2.extensions.connection, contract: Contract) -> None:
-    """Create the contract's production tables, or upgrade them in place (see database.apply_versioned)."""
-    apply_versioned(conn, VersionedDdl.read(f"production {contract.name}", contract.production_schema,
-                                            contract.production_ddl))
+def ensure_production(conn: psycopg2.extensions.connection, contract: Contract, partitions: int = 0) -> None:
+    """Create the contract's production tables, or upgrade them in place (see database.apply_versioned).
+
+    With `partitions`, tables created now are hash-partitioned by shop_key (LOADER_PRODUCTION_PARTITIONS);
+    tables that exist stay as they are.
+    """
+    ddl = VersionedDdl.read(f"production {contract.name}", contract.production_schema, contract.production_ddl)
+    apply_versioned(conn, ddl, create=partitioned_by_shop(ddl.ddl, partitions) if partitions else None)
+
+
+_CREATE_TABLE = re.compile(r"^create table if not exists (?P<table>[a-z_]+\.[a-z_]+) \(\n.*?^\);$",
+                           re.MULTILINE | re.DOTALL)
+
+
+def partitioned_by_shop(ddl: str, partitions: int) -> str:
+    """`ddl` with every table hash-partitioned by shop_key into `partitions` partitions.
+
+    PostgreSQL accepts that only if every primary and unique key holds shop_key, the very rule Citus's
+    distribution by shop needs, so creating the tables so proves the rule.
+    """
+    def partition(match: re.Match[str]) -> str:
+        table = match["table"]
+        parts = "".join(
+            f"\ncreate table if not exists {table}_p{i} partition of {table}"
+            f" for values with (modulus {partitions}, remainder {i});"
+            for i in range(partitions)
+        )
+        return match[0][:-1] + " partition by hash (shop_key);" + parts
+
+    rewritten, tables = _CREATE_TABLE.subn(partition, ddl)
+    if tables == 0:
+        raise ValueError("the production DDL has no `create table if not exists schema.table (` statement")
+    return rewritten

@@ -36,6 +36,7 @@ from psycopg2 import sql
 
 from loader.contracts import Contract, Entity
 from loader.contracts.model import WHITE_SPACE
+from loader.database import hash_joins
 from loader.intake.load_key import LoadKey
 from loader.publish.identical_rerun import latest_completed_run
 
@@ -73,15 +74,17 @@ def carry_unchanged(
             return []
         files = _files(cur, run_id, previous)
         carried: list[Carried] = []
-        for entity in contract.entities:
-            if entity.name not in files:
-                continue
-            new_file, old_file = files[entity.name]
-            _stage_rows(cur, contract, entity, new_file, old_file, previous)
-            _block(cur, contract, entity)
-            rows = _record(cur, entity, run_id, previous)
-            if rows:
-                carried.append(Carried(entity.name, previous, rows))
+        # The new file's raw rows were copied a moment ago: the planner has no statistics for them yet.
+        with hash_joins(cur):
+            for entity in contract.entities:
+                if entity.name not in files:
+                    continue
+                new_file, old_file = files[entity.name]
+                _stage_rows(cur, contract, entity, new_file, old_file, previous)
+                _block(cur, contract, entity)
+                rows = _record(cur, entity, run_id, previous)
+                if rows:
+                    carried.append(Carried(entity.name, previous, rows))
         return carried
 
 

@@ -91,6 +91,8 @@ class Runner:
     transform: bool = True
     # LOADER_RECHECK_UNCHANGED: check every row of a reload, also those identical to the previous load's.
     recheck_unchanged: bool = False
+    # LOADER_PRODUCTION_PARTITIONS: production tables created by this runner are hash-partitioned by shop.
+    production_partitions: int = 0
 
 
 @dataclass
@@ -279,7 +281,7 @@ def _transform_and_publish(
     ledger, exceptions and `completed` status.
     """
     conn = run.conn
-    ensure_production(conn, contract)
+    ensure_production(conn, contract, run.runner.production_partitions)
     # Read and hashed once: both fingerprints include every file of the dbt project.
     dbt_digest = dbt_project_digest()
     digest = fingerprint(contract.name, {lf.entity: lf.file_id for lf in landed}, encoding, date_format, dbt_digest)

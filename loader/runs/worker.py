@@ -248,13 +248,15 @@ def run_load(
     land_workers: int = 2,
     transform: bool = True,
     recheck_unchanged: bool = False,
+    production_partitions: int = 0,
     policy: QueuePolicy | None = None,
 ) -> RunOutcome:
     """One load in the foreground, as `loader run` does it (the benches and tests call this)."""
     ensure_registry(warehouse)
     policy = policy or QueuePolicy()
     runner = Runner(warehouse, partners, home, worker_name("cli"), progress, lease_seconds=policy.lease_seconds,
-                    land_workers=land_workers, transform=transform, recheck_unchanged=recheck_unchanged)
+                    land_workers=land_workers, transform=transform, recheck_unchanged=recheck_unchanged,
+                    production_partitions=production_partitions)
     return run_in_foreground(runner, policy, folder, triggered_by=triggered_by, inbox=home / "inbox")
 
 
@@ -441,5 +443,6 @@ class _RunnerMaker:
         return Runner(self.warehouse, load_partners(self.settings.partners_file), self.settings.home_dir, worker,
                       LogProgress(sys.stderr), lease_seconds=self.settings.lease_seconds,
                       land_workers=self.settings.land_workers, transform=self.transform,
-                      recheck_unchanged=self.settings.recheck_unchanged)
+                      recheck_unchanged=self.settings.recheck_unchanged,
+                      production_partitions=self.settings.production_partitions)
 
