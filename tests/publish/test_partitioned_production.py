@@ -64,6 +64,7 @@ def test_partitioned_tables_take_every_load_and_keep_each_shop_in_one_partition(
 def test_tables_that_exist_are_never_laid_out_again(
     db: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LOADER_PRODUCTION_PARTITIONS", "0")
     spec = ExportSpec(partner_id="acme", shop_id="shop-a", load_id=f"{TODAY}_first", customers=10, seed=5)
     assert main(["run", str(write_export(tmp_path / "imports", spec).folder)]) == 0
     monkeypatch.setenv("LOADER_PRODUCTION_PARTITIONS", "4")
