@@ -247,13 +247,14 @@ def apply_versioned(conn: psycopg2.extensions.connection, ddl: VersionedDdl, *, 
 def hash_joins(cur: psycopg2.extensions.cursor) -> Iterator[None]:
     """Plan the statements inside without nested loops.
 
-    They join rows that this very transaction, or a moment ago the run's COPY,
-    wrote (a shop's production rows, a new file's raw rows): the statistics do not know those rows yet, so
-    PostgreSQL takes them for one row and may pick a nested loop that reads
-    the other side once per row, quadratic in the load (minutes for 20,000
-    customers, hours for a million line items). Hash and merge joins stay
-    linear whatever the statistics say. Restored only on success: after an
-    error the transaction, and this setting with it, is rolled back.
+    They join rows written by this very transaction or, a moment ago, by the
+    run's COPY (a shop's production rows, a new file's raw rows): the
+    statistics do not know those rows yet, so PostgreSQL takes them for one
+    row and may pick a nested loop that reads the other side once per row,
+    quadratic in the load (minutes for 20,000 customers, hours for a million
+    line items). Hash and merge joins stay linear whatever the statistics say.
+    Restored only on success: after an error the transaction, and this setting
+    with it, is rolled back.
     """
     cur.execute("select current_setting('enable_nestloop')")
     previous = one_row(cur)[0]
