@@ -47,6 +47,7 @@ DATA = REPO / "bench" / "data"
 sys.path.insert(0, str(REPO))
 
 import psycopg2.extensions  # noqa: E402
+from quiet import settle  # noqa: E402
 
 from loader.contracts import Contract, Entity, load_contract  # noqa: E402
 from loader.database import Warehouse, resolve_warehouse  # noqa: E402
@@ -233,31 +234,23 @@ def loader_run(folder: Path, home: Path, database_url: str) -> Timed:
     queue: mp.Queue[Any] = ctx.Queue()
     log_path = DATA / f"e2e-{folder.parent.name}-{folder.name}.log"
     os.environ["LOADER_DATABASE_URL"] = database_url
-    # A run that builds nothing (an identical rerun) must not report the previous run's dbt nodes.
-    _dbt_results(home).unlink(missing_ok=True)
+    # The log is appended to (a rerun uses its folder's): this run's lines start here.
+    start = log_path.stat().st_size if log_path.exists() else 0
     proc = ctx.Process(target=_child, args=(str(folder), str(home), str(log_path), queue))
     proc.start()
     status, message, seconds, rss = queue.get()
     proc.join()
     if status != "completed":
         raise SystemExit(f"loader run of {folder} ended {status}: {message}")
-    return Timed(float(seconds), float(rss), _slowest_dbt_nodes(home))
+    return Timed(float(seconds), float(rss), _dbt_timing(log_path, start))
 
 
-def _dbt_results(home: Path) -> Path:
-    return home / "dbt" / "slot-1" / "target" / "run_results.json"
-
-
-def _slowest_dbt_nodes(home: Path, top: int = 6) -> str:
-    """The dbt nodes of the last build that took longest (where to look next)."""
-    results = _dbt_results(home)
-    if not results.exists():
-        return "no dbt build"
-    nodes = json.loads(results.read_text(encoding="utf-8"))["results"]
-    slowest = sorted(nodes, key=lambda n: n["execution_time"], reverse=True)[:top]
-    total = sum(n["execution_time"] for n in nodes)
-    return f"dbt {total:.1f} s of node time; " + ", ".join(
-        f"{n['unique_id'].split('.')[-1]} {n['execution_time']:.1f} s" for n in slowest)
+def _dbt_timing(log_path: Path, start: int) -> str:
+    """The run's own log line on its dbt build's node time and slowest nodes (where to look next)."""
+    with log_path.open(encoding="utf-8") as log:
+        log.seek(start)
+        timings = [line.split("] ", 1)[-1].strip() for line in log if "] dbt: " in line]
+    return timings[-1] if timings else "no dbt build"
 
 
 @contextlib.contextmanager
@@ -305,6 +298,7 @@ def main() -> int:
         print(f"server: {server.display}; database {warehouse.dbname}; cpus: {os.cpu_count()}")
 
         def run(folder: Path) -> Timed:
+            settle(warehouse, vacuum=True)
             return loader_run(folder, home, warehouse.url)
 
         def show(label: str, timed: Timed, against: str = "") -> None:
@@ -313,6 +307,7 @@ def main() -> int:
 
         folder = export(root, args.rows, "shop-a")
         floor = Floor(warehouse, contract)
+        settle(warehouse, vacuum=True)
         floor_first = floor.load(folder)
         print(f"{'floor, first load of shop A':<58}: {floor_first:8.2f} s")
         first = run(folder)
@@ -321,6 +316,7 @@ def main() -> int:
         rerun = run(folder)
         show("2. identical rerun", rerun, f"{rerun.seconds / first.seconds:.0%} of the first (goal: within 10%)")
         revised = revise(folder, args.changed)
+        settle(warehouse, vacuum=True)
         floor_reload = floor.load(revised)
         print(f"{f'floor, reload with {args.changed:.0%} of the rows changed':<58}: {floor_reload:8.2f} s")
         reload = run(revised)

@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "bench" / "data"
 sys.path.insert(0, str(REPO))
 
+from quiet import settle  # noqa: E402
+
 from loader.contracts import load_contract  # noqa: E402
 from loader.database import Warehouse, one_row, resolve_warehouse  # noqa: E402
 from loader.runs.registry import ensure_registry  # noqa: E402
@@ -78,24 +80,6 @@ def file_sha(path: Path) -> str:
                 h.update(chunk)
         _SHA[path] = h.hexdigest()
     return _SHA[path]
-
-
-def settle(warehouse: Warehouse, limit_s: float = 60.0) -> None:
-    """Start each timed step from the same state: dirty pages written, no autovacuum running.
-
-    Without this, the step after a 2M-row landing shares two cores with the
-    checkpoint and the autovacuum that landing set off.
-    """
-    deadline = time.monotonic() + limit_s
-    with contextlib.closing(warehouse.connect()) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("checkpoint")
-            while time.monotonic() < deadline:
-                cur.execute("select count(*) from pg_stat_activity where backend_type = 'autovacuum worker'")
-                if one_row(cur)[0] == 0:
-                    return
-                time.sleep(0.5)
 
 
 def plain_copy(warehouse: Warehouse, path: Path) -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.database import Warehouse
-from loader.dbt.relations import Relation
+from loader.dbt.relations import Relation, record_relations
 from loader.intake.load_key import LoadKey
 from loader.runs.slots import Slot
 
@@ -44,6 +44,8 @@ class DbtOutcome:
     failures: list[NodeProblem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
+    # Each node's execution time, by name: where a build spends its time.
+    node_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.error:
@@ -54,6 +56,12 @@ class DbtOutcome:
         if self.skipped:
             parts.append(f"{len(self.skipped)} dependent node(s) skipped")
         return "dbt build failed: " + "; ".join(parts)
+
+    def timing(self, top: int = 6) -> str:
+        """The build's node time and its slowest nodes, for the run's log."""
+        slowest = sorted(self.node_seconds.items(), key=lambda item: item[1], reverse=True)[:top]
+        return (f"dbt: {len(self.node_seconds)} nodes, {sum(self.node_seconds.values()):.1f} s of node time;"
+                " slowest " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest))
 
 
 def build_vars(run_id: int, key: LoadKey, date_format: str | None) -> dict[str, Any]:
@@ -106,6 +114,9 @@ def dbt_build(
         "--target-path", str(slot.target_dir),
         "--log-path", str(slot.logs_dir),
         "--quiet",
+        # manifest.json and run_results.json cost most of a second per build and nothing reads them;
+        # the partial parse cache is written regardless.
+        "--no-write-json",
     ]
     if dbt_vars is not None:
         args += ["--vars", json.dumps(dbt_vars)]
@@ -120,13 +131,19 @@ def dbt_build(
     if result.exception is not None:
         return DbtOutcome(False, error=str(result.exception))
     outcome = DbtOutcome(bool(result.success))
+    relations: dict[str, Relation] = {}
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)
-        name = node_result.node.name
+        node = node_result.node
+        name = node.name
+        outcome.node_seconds[name] = float(node_result.execution_time or 0.0)
+        if node.resource_type == "model":
+            relations[name] = Relation(node.schema, node.alias or name)
         if status in _FAILED:
             outcome.failures.append(NodeProblem(name, status, (node_result.message or "").strip()[:500]))
         elif status == "skipped":
             outcome.skipped.append(name)
+    record_relations(slot.target_dir, relations)
     if not outcome.success and not outcome.failures:
         outcome.error = "dbt reported a failure without a failing node"
     return outcome

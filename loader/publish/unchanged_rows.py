@@ -73,6 +73,9 @@ def carry_unchanged(
         if previous is None:
             return []
         files = _files(cur, run_id, previous)
+        # Each comparison hashes the previous file's rows, all their columns: with less memory the
+        # hash spills to disk in batches (as the dbt checks would; see dbt_project.yml). This transaction only.
+        cur.execute("set local work_mem = '256MB'")
         carried: list[Carried] = []
         # The new file's raw rows were copied a moment ago: the planner has no statistics for them yet.
         with hash_joins(cur):

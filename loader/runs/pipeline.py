@@ -325,6 +325,8 @@ def _transform_and_publish(
         with run.step("dbt build") as building:
             building.rows = rows
             outcome = dbt_build(run.warehouse, slot, on_model_built=model_built)
+        if outcome.node_seconds:
+            run.runner.progress.status(outcome.timing())
         transient = transient_dbt_failure(outcome)
         held = _crossed(run, thresholds, contract, key, slot) if outcome.success else []
         with run.step("publish") as publishing:

@@ -267,3 +267,27 @@ def test_without_vars_dbt_validates_the_load_the_loader_named(shop_db: Warehouse
     rows = query(shop_db, "select entity, row_number, line_number, field, rule from analytics_slot3_audit.exceptions"
                           " where run_id = %s", (run_id,))
     assert set(rows) == {("customers", 1, 2, "email", "format")}
+
+
+def test_not_null_columns_fails_on_each_null_and_names_its_columns(shop_db: Warehouse, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate that replaced a not_null test per column: one scan, every null found, each named."""
+    from dbt.cli.main import dbtRunner
+
+    # The loader's own build sets the slot's schema in the environment; this test builds in the default one.
+    monkeypatch.setenv("LOADER_DBT_SCHEMA", "analytics")
+    load = make_load(tmp_path, shop=SHOP, partner=PARTNER, load_id="nulls")
+    run_id = land(shop_db, load, tmp_path / "home")
+    dbt_build(shop_db, monkeypatch, run_id, "nulls")
+    execute(shop_db, "update analytics_publish.publish_customers set load_id = null, external_id = null"
+                     " where _row_number = 1")
+    execute(shop_db, "update analytics_publish.publish_customers set partner_id = null where _row_number = 2")
+    dbt_vars = f"{{run_id: {run_id}, partner_id: {PARTNER}, shop_id: {SHOP}, load_id: nulls}}"
+    result = dbtRunner().invoke(["test", "--vars", dbt_vars, "--profiles-dir", str(REPO), "--quiet",
+                                 "--select", "publish_customers,test_name:not_null_columns", "--store-failures"])
+    assert not result.success
+    # dbt shortens a long test name with a hash of it.
+    [(table,)] = query(shop_db, "select table_name from information_schema.tables where table_schema ="
+                                " 'analytics_dbt_test__audit' and table_name like 'not_null_columns_publish_custo%%'")
+    failures = query(shop_db, f'select null_columns from analytics_dbt_test__audit."{table}"')
+    assert sorted(failures) == [(["external_id", "load_id"],), (["partner_id"],)]
