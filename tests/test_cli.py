@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
 from helpers import make_load, query
 
@@ -241,3 +243,22 @@ def test_server_status_start_and_stop_of_the_embedded_server(tmp_path: Path) -> 
         stopped = loader_command(["server", "stop"], env)
     assert stopped.returncode == 0 and "stopped the embedded PostgreSQL" in stopped.stdout, stopped.stderr
     assert "not running" in loader_command(["server", "status"], env).stdout
+
+
+def test_every_session_of_the_loader_and_of_dbt_runs_without_jit(db: Warehouse, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """JIT off in our sessions, on any server, keeping options the URL gave; dbt's sessions get the same."""
+    from loader.dbt.runner import dbt_build
+    from loader.runs.slots import Slot
+
+    given = dataclasses.replace(db, options=(*db.options, ("options", "-c statement_timeout=123456")))
+    with contextlib.closing(given.connect()) as conn, conn.cursor() as cur:
+        cur.execute("select current_setting('jit'), current_setting('statement_timeout')")
+        assert cur.fetchone() == ("off", "123456ms")
+    # Restored after the test: the build sets it for the process.
+    monkeypatch.setenv("PGOPTIONS", "")
+    dbt_build(db, Slot(2, tmp_path / "home"), select="stg_sms__customers")
+    with contextlib.closing(psycopg2.connect(db.url)) as conn, conn.cursor() as cur:
+        # A plain libpq session in the same environment: what dbt's connections got.
+        cur.execute("select current_setting('jit')")
+        assert cur.fetchone() == ("off",)

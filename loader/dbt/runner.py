@@ -107,6 +107,8 @@ def dbt_build(
     # A process builds in one slot at a time, so its environment can say which.
     os.environ.update({k: v for k, v in warehouse.env().items() if k.startswith("LOADER_PG")})
     os.environ.update(slot.dbt_env())
+    # profiles.yml has no libpq options; libpq takes them from PGOPTIONS for dbt's sessions.
+    os.environ["PGOPTIONS"] = warehouse.session_options
     args = [
         "build",
         "--project-dir", str(DBT_PROJECT),
