@@ -145,7 +145,10 @@ def dbt_build(
             outcome.failures.append(NodeProblem(name, status, (node_result.message or "").strip()[:500]))
         elif status == "skipped":
             outcome.skipped.append(name)
-    record_relations(slot.target_dir, relations)
+    try:
+        record_relations(slot.target_dir, relations)
+    except OSError as exc:
+        return DbtOutcome(False, error=f"could not record where dbt built its models in {slot.target_dir}: {exc}")
     if not outcome.success and not outcome.failures:
         outcome.error = "dbt reported a failure without a failing node"
     return outcome
