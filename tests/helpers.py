@@ -9,6 +9,9 @@ import io
 import json
 import uuid
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from loader.contracts import load_contract
 from loader.database import Warehouse
@@ -78,3 +81,13 @@ def shop_values(db: Warehouse, entity: str, shop: str) -> list[tuple[object, ...
             if c not in skip]
     return query(db, f"select {', '.join(cols)} from prod_sms.{entity} where shop_id = %s order by external_id",
                  (shop,))
+
+
+def exceptions_json(load: str, capsys: pytest.CaptureFixture[str], *options: str) -> list[dict[str, Any]]:
+    """`loader exceptions LOAD --format json [OPTIONS]`, which must exit 0, parsed."""
+    from loader.cli import main
+
+    capsys.readouterr()
+    assert main(["exceptions", load, "--format", "json", *options]) == 0
+    rows: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return rows

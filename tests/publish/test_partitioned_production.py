@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import pytest
-from helpers import query, shop_values
+from helpers import exceptions_json, query, shop_values
 
 from loader.cli import main
 from loader.contracts import load_contract
@@ -28,9 +27,7 @@ def partitions(db: Warehouse) -> dict[str, int]:
 
 
 def exceptions(load: str, capsys) -> list[dict]:
-    capsys.readouterr()
-    assert main(["exceptions", load, "--format", "json"]) == 0
-    return sorted(json.loads(capsys.readouterr().out), key=lambda e: (e["entity"], e["row_number"] or 0, e["rule"]))
+    return sorted(exceptions_json(load, capsys), key=lambda e: (e["entity"], e["row_number"] or 0, e["rule"]))
 
 
 def test_partitioned_tables_take_every_load_and_keep_each_shop_in_one_partition(

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import make_load, query, shop_values
+from helpers import exceptions_json, make_load, query, shop_values
 
 from loader.cli import main
 from loader.contracts import load_contract
@@ -159,9 +159,7 @@ def test_later_load_may_reference_customers_of_an_earlier_load(db: Warehouse, tm
     customers = b"external_customer_id,last_name\r\nC5,Later\r\n"
     assert main(["run", str(make_load(tmp_path, {"customers.csv": customers, "vehicles.csv": vehicles},
                                       load_id="b"))]) == 0
-    capsys.readouterr()
-    assert main(["exceptions", "acme/shop-1/b", "--format", "json", "--entity", "vehicles"]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = exceptions_json("acme/shop-1/b", capsys, "--entity", "vehicles")
     assert [(r["row_number"], r["line_number"], r["field"], r["rule"]) for r in rows] == [
         (2, 3, "external_customer_id", "orphan")]
     assert query(db, "select v.external_id, c.external_id from prod_sms.vehicles v"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import make_load, query, shop_values
+from helpers import exceptions_json, make_load, query, shop_values
 
 from loader.cli import main
 from loader.contracts import load_contract
@@ -67,8 +67,7 @@ def outcome(shop: str, load_id: str, capsys) -> tuple[dict, list]:
     capsys.readouterr()
     main(["report", f"acme/{shop}/{load_id}", "--json"])
     report = json.loads(capsys.readouterr().out)
-    main(["exceptions", f"acme/{shop}/{load_id}", "--format", "json"])
-    exceptions = json.loads(capsys.readouterr().out)
+    exceptions = exceptions_json(f"acme/{shop}/{load_id}", capsys)
     return report["entities"], sorted(tuple(sorted(e.items())) for e in exceptions)
 
 
