@@ -346,7 +346,11 @@ def start_embedded(home: Path, *, keep_running: bool = True) -> Warehouse:
 
 def embedded_running(home: Path) -> bool:
     """Whether an embedded server is running under `home/pg` (its postmaster.pid names a live process)."""
-    pid_file = home / "pg" / "postmaster.pid"
+    return _postmaster_alive(home / "pg")
+
+
+def _postmaster_alive(pgdata: Path) -> bool:
+    pid_file = pgdata / "postmaster.pid"
     try:
         pid = int(pid_file.read_text().split("\n", 1)[0])
     except (OSError, ValueError):
@@ -381,10 +385,27 @@ def _wait_for_recovery(pgdata: Path, limit_s: float = 1800.0) -> None:
             psycopg2.connect(host=str(pgdata), user="postgres", dbname="postgres", connect_timeout=5).close()
             return
         except psycopg2.OperationalError as exc:
+            if not _postmaster_alive(pgdata):
+                raise WarehouseUnavailable(f"the embedded PostgreSQL in {pgdata} stopped while recovering"
+                                           f"{_last_fatal(pgdata / 'log')}; see {pgdata / 'log'}") from exc
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the embedded PostgreSQL in {pgdata} did not finish recovering in"
-                                   f" {limit_s:.0f} s; see {pgdata / 'log'}") from exc
+                raise WarehouseUnavailable(f"the embedded PostgreSQL in {pgdata} did not finish recovering in"
+                                           f" {limit_s:.0f} s; see {pgdata / 'log'}") from exc
             time.sleep(1)
+
+
+def _last_fatal(server_log: Path) -> str:
+    """`: <the log's last FATAL message>`, or nothing when the log cannot be read or has none."""
+    try:
+        with server_log.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    fatal = [line.split("FATAL:", 1)[1].strip() for line in tail.splitlines() if "FATAL:" in line]
+    # "the database system is starting up" is what a client was told, not why the server stopped.
+    fatal = [message for message in fatal if "is starting up" not in message]
+    return f": {fatal[-1]}" if fatal else ""
 
 
 def psql_binary() -> str:

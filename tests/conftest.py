@@ -44,6 +44,19 @@ def dbt_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("dbt-state")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dbt_by_hand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Where tests that run dbt by hand in dbt_project/ keep its target and logs: the session's own folder.
+
+    Not dbt_project/target, which a suite running at the same time against the other server would share.
+    """
+    folder = tmp_path_factory.mktemp("dbt-by-hand")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DBT_TARGET_PATH", str(folder / "target"))
+        patch.setenv("DBT_LOG_PATH", str(folder / "logs"))
+        yield
+
+
 @pytest.fixture
 def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dbt_state: Path) -> Iterator[Warehouse]:
     """An empty warehouse for one test, with the loader's environment pointing at it.
