@@ -8,9 +8,11 @@ transaction, so a failure anywhere leaves production exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +129,29 @@ class Publisher:
         self._done: list[EntityPublished] = []
         self._failure: PublishError | None = None
         self._triggers_skipped = False
+        # (what, seconds, whether dbt's build had ended when it started): the run's log says where a publish went.
+        self._timings: list[tuple[str, float, bool]] = []
         self._thread = threading.Thread(target=self._apply_plans, name="loader-publish", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def timing(self) -> str:
+        """Each part of the publish and its seconds (those begun after dbt's build had ended marked `*`); "" if none."""
+        if not self._timings:
+            return ""
+        parts = ", ".join(f"{what}{'*' if after_build else ''} {seconds:.1f} s"
+                          for what, seconds, after_build in self._timings)
+        return f"publish: {parts} (* after dbt's build had ended)"
+
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        after_build = self._build_ended
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings.append((what, time.perf_counter() - started, after_build))
 
     @property
     def done(self) -> list[EntityPublished]:
@@ -176,7 +197,8 @@ class Publisher:
                         return
                     entity, plan = found
                     remaining.remove(entity)
-                    self._done.append(_publish_entity(cur, self._contract, entity, plan))
+                    with self._timed(entity):
+                        self._done.append(_publish_entity(cur, self._contract, entity, plan))
         except psycopg2.Error as exc:
             self._failure = PublishError(
                 f"publishing {entity} failed, nothing was published: {exc.pgerror or exc}".strip())
@@ -211,10 +233,13 @@ class Publisher:
                 raise PublishError(f"dbt did not build the plan of {', '.join(missing)}; nothing was published")
             with self._conn.cursor() as cur:
                 plans = {e.name: self._plans[f"publish_{e.name}"] for e in self._contract.entities}
-                _check_references(cur, self._contract, plans, lock_parents=self._triggers_skipped)
+                with self._timed("references"):
+                    _check_references(cur, self._contract, plans, lock_parents=self._triggers_skipped)
                 if before_commit is not None:
-                    before_commit(cur)
-            self._conn.commit()
+                    with self._timed("outcome"):
+                        before_commit(cur)
+            with self._timed("commit"):
+                self._conn.commit()
             return self._done
         except psycopg2.Error as exc:
             self._conn.rollback()

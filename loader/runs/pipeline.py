@@ -337,6 +337,9 @@ def _transform_and_publish(
                 if is_transient(exc):
                     raise TransientFailure(str(exc)) from exc
                 return _failed(run, verification, landed, str(exc), slot)
+            finally:
+                if publisher.timing():
+                    run.runner.progress.status(publisher.timing())
     if transient is not None:
         raise TransientFailure(transient)
     if not outcome.success:

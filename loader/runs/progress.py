@@ -85,7 +85,9 @@ class BarProgress:
         self._bar.stop()
 
 
-def make_progress(out: TextIO = sys.stderr) -> Progress:
+def make_progress(out: TextIO | None = None) -> Progress:
+    """Progress on `out`, by default the stderr of the moment (not the one there was when this module loaded)."""
+    out = out or sys.stderr
     # A bar is for people; with LOADER_LOG_FORMAT=json the lines are for a log collector, even on a terminal.
     if out.isatty() and current_format() == "text":
         return BarProgress(Console(file=out))

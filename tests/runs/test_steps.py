@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from helpers import make_load, query
 
 from loader.cli import main
+from loader.contracts import load_contract
 from loader.database import Warehouse
 
 
@@ -18,7 +20,15 @@ def test_show_gives_step_durations_rows_per_second_and_queue_lag(db: Warehouse, 
     folder = make_load(tmp_path, {"customers.csv": ("external_customer_id,first_name,last_name,email\r\n"
                                                     + rows).encode()})
     assert main(["run", str(folder)]) == 0
-    capsys.readouterr()
+    said = capsys.readouterr().err
+    # The run's log says where dbt's and the publish's time went.
+    assert re.search(r"\] dbt: \d+ nodes, [\d.]+ s of node time; slowest \w+ [\d.]+ s", said), said
+    [publish] = [line.split("] publish: ", 1)[1] for line in said.splitlines() if "] publish: " in line]
+    parts = re.findall(r"(\w+)\*? [\d.]+ s", publish)
+    entities = [e.name for e in load_contract("sms_v1").entities]
+    assert sorted(parts[:-3]) == sorted(entities) and parts[-3:] == ["references", "outcome", "commit"], publish
+    # The plans of this small load were all applied before the build ended; what follows waits for it.
+    assert publish.split(" (")[0].count("*") == 3 and "commit* " in publish, publish
     assert main(["show", "acme/shop-1/load-1", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     steps = {s["step"]: s for s in body["steps"]}
