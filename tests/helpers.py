@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import pytest
 
 from loader.contracts import load_contract
 from loader.database import Warehouse
+
+# The `loader` command of the environment the tests run in.
+LOADER = Path(sys.executable).parent / "loader"
 
 
 def query(warehouse: Warehouse, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

@@ -7,18 +7,15 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
 import pytest
-from helpers import make_load, query
+from helpers import LOADER, make_load, query
 
 from loader.cli import main
 from loader.database import Warehouse
 from loader.intake.partners import PartnerSettingsError, load_partners
-
-LOADER = Path(sys.executable).parent / "loader"
 
 
 def test_missing_partner_file_means_defaults(tmp_path: Path) -> None:

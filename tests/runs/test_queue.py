@@ -7,12 +7,11 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import CUSTOMERS, make_load, query, shop_values
+from helpers import CUSTOMERS, LOADER, make_load, query, shop_values
 
 from loader.cli import main
 from loader.contracts import load_contract
@@ -21,7 +20,6 @@ from loader.runs.faults import POINTS
 from loader.runs.registry import ensure_registry
 from loader.samples.sms_v1 import ExportSpec, write_export
 
-LOADER = Path(sys.executable).parent / "loader"
 ENTITIES = [e.name for e in load_contract("sms_v1").entities]
 
 

@@ -6,19 +6,16 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
 import psycopg2.errors
 import pytest
-from helpers import make_load, query
+from helpers import LOADER, make_load, query
 
 from loader.cli import main
 from loader.database import Warehouse
 from loader.runs.registry import ensure_registry, set_status, start_run
-
-LOADER = Path(sys.executable).parent / "loader"
 
 
 def test_a_reader_idle_in_a_transaction_does_not_block_commands(db: Warehouse, tmp_path: Path, capsys) -> None:

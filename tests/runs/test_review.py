@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import make_load, query
+from helpers import LOADER, make_load, query
 
 from loader.cli import main
 from loader.database import Warehouse
-
-LOADER = Path(sys.executable).parent / "loader"
 
 
 def customers(rows: list[tuple[str, str, str]]) -> bytes:
