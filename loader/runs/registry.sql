@@ -1,4 +1,4 @@
--- schema version: 3
+-- schema version: 4
 -- Run registry: one row per run, an append-only status history, and the files
 -- each run landed. Applied once per version of this file (schema_version holds
 -- its digest and version), never on every command: DDL takes ACCESS EXCLUSIVE
@@ -433,3 +433,9 @@ create table if not exists loader_registry.webhook_attempts (
     milliseconds integer not null check (milliseconds >= 0),
     primary key (delivery_id, attempt)
 );
+
+-- Dashboard: users, their sessions and what operators did (loader/access).
+
+-- Dashboard: indexes its pages page through.
+
+-- dbt tests that failed in a run, with sample failing rows.
