@@ -45,6 +45,9 @@ class LoaderSettings(BaseSettings):
     production_partitions: int = Field(default=0, ge=0, le=1024,
                                        description="hash-partition the production tables by shop into this many"
                                                    " partitions when they are created (0: plain tables)")
+    dashboard_session_minutes: int = Field(default=480, ge=1, le=43200,
+                                           description="a dashboard login lasts this long; then log in again")
+    upload_limit_mb: int = Field(default=200, ge=1, le=102400, description="the most one upload may hold, in MB")
     log_format: Literal["text", "json"] = Field(default="text",
                                                 description="text, or json: one JSON object per line")
 

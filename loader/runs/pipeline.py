@@ -24,7 +24,7 @@ from psycopg2.extras import Json
 from loader.contracts import Contract
 from loader.database import Warehouse
 from loader.dbt.relations import Relation, built_relation, dbt_relation
-from loader.dbt.runner import dbt_build
+from loader.dbt.runner import NodeProblem, dbt_build
 from loader.formats.header import CsvFileError
 from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import Problem, Verification, record_count_problems, verify_folder
@@ -185,7 +185,8 @@ def _describe(exc: BaseException) -> str:
 def _forget_earlier_attempt(conn: psycopg2.extensions.connection, run_id: int) -> None:
     """What an earlier attempt of this run recorded about its files: this attempt finds it again."""
     with conn, conn.cursor() as cur:
-        for table in ("run_problems", "run_files", "run_ledger", "run_exceptions", "run_steps"):
+        for table in ("run_problems", "run_files", "run_ledger", "run_exceptions", "run_steps",
+                      "run_dbt_failures"):
             cur.execute(f"delete from loader_registry.{table} where run_id = %s", (run_id,))
         # A held run run again makes a new plan, checked afresh.
         discard_plan(cur, run_id)
@@ -343,7 +344,7 @@ def _transform_and_publish(
     if transient is not None:
         raise TransientFailure(transient)
     if not outcome.success:
-        return _failed(run, verification, landed, outcome.summary(), slot)
+        return _failed(run, verification, landed, outcome.summary(), slot, outcome.failures)
     if held:
         return _hold(run, contract, key, verification, landed, slot, held, digest)
     return RunOutcome(run.run_id, "completed", verification, landed)
@@ -392,16 +393,38 @@ def _failed(
     landed: list[LandedFile],
     message: str,
     slot: Slot | None = None,
+    dbt_failures: list[NodeProblem] | None = None,
 ) -> RunOutcome:
-    """Record a failed run with what it found: its exception rows where dbt got that far, else its file findings."""
+    """Record a failed run with what it found: its exception rows where dbt got that far, else its file findings.
+
+    dbt's failed nodes are kept each with its message and, for a test, a sample of the rows it found.
+    """
     with run.conn, run.conn.cursor() as cur:
         if slot is not None:
             save_audit(cur, slot.target_dir, run.run_id, with_ledger=False)
+        if dbt_failures:
+            _save_dbt_failures(cur, run.run_id, dbt_failures)
         errors, warnings = exception_counts(cur, run.run_id)
         if errors == warnings == 0:
             errors, warnings = _finding_counts(verification)
         run.set("failed", message[:4000], errors=errors, warnings=warnings, cur=cur)
     return RunOutcome(run.run_id, "failed", verification, landed, message=message)
+
+
+def _save_dbt_failures(cur: psycopg2.extensions.cursor, run_id: int, failures: list[NodeProblem]) -> None:
+    # One row per node name (the key): a name dbt reported twice must not cost the run its failed status.
+    by_name: dict[str, NodeProblem] = {}
+    for failure in failures:
+        by_name.setdefault(failure.name, failure)
+    cur.execute("delete from loader_registry.run_dbt_failures where run_id = %s", (run_id,))
+    cur.executemany(
+        "insert into loader_registry.run_dbt_failures (run_id, node, status, message, failing_rows, sample,"
+        " sample_columns, sample_note) values (%s, %s, %s, %s, %s, %s, %s, %s)",
+        [(run_id, f.name, f.status, f.message, f.failing_rows,
+          Json(list(f.sample.rows)) if f.sample and f.sample.columns else None,
+          list(f.sample.columns) if f.sample and f.sample.columns else None,
+          f.sample.note if f.sample else None) for f in by_name.values()],
+    )
 
 
 def parts_of(folder: Path) -> tuple[str, str, str]:
