@@ -12,6 +12,8 @@ import os
 import shlex
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ from typing import Any, TextIO
 import psycopg2.extensions
 from pydantic import ValidationError
 
+from loader.access.actions import record_action
+from loader.access.users import ROLES, AccessError, add_user, check_name, check_password, list_users, remove_user
 from loader.contracts import load_contract
 from loader.contracts.model import available_contracts
 from loader.database import (
@@ -39,7 +43,7 @@ from loader.intake.load_key import LoadKey, LoadKeyError
 from loader.intake.manifest import capped
 from loader.intake.partners import PartnerSettingsError, load_partners
 from loader.runs import reports, retention, review
-from loader.runs.inbox import InboxError, NotALoadFolder, check_submittable, keep, manifest_contract
+from loader.runs.inbox import InboxError, NotALoadFolder, check_submittable
 from loader.runs.logs import configure as configure_logging
 from loader.runs.logs import format_from_environment
 from loader.runs.notify import send_now
@@ -49,18 +53,18 @@ from loader.runs.queue import take_back_expired
 from loader.runs.registry import (
     RunStatus,
     ensure_registry,
-    kept_files,
     latest_run,
     recent_runs,
     run_history,
     run_record,
     run_steps,
-    start_run,
 )
+from loader.runs.submit import submit_folder
 from loader.runs.worker import (
     QueuePolicy,
+    RerunRefused,
     make_runner_for,
-    requeue_for_rerun,
+    queue_rerun,
     run_in_foreground,
     run_workers,
     serve_until_done,
@@ -69,6 +73,7 @@ from loader.runs.worker import (
 from loader.settings import LoaderSettings
 
 EXIT_USAGE = 2
+DASHBOARD_APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "running", "completed", "failed", "needs_review", "rejected")
 
 
@@ -174,31 +179,11 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     settings = _settings()
     warehouse = _warehouse(settings)
     with contextlib.closing(warehouse.connect()) as conn:
-        run = latest_run(conn, key)
-        kept = kept_files(conn, run.run_id) if run is not None else None
-        if run is None:
-            print(f"unknown load {key}", file=sys.stderr)
+        try:
+            run_id = queue_rerun(conn, key, args.triggered_by)
+        except RerunRefused as exc:
+            print(exc, file=sys.stderr)
             return 1
-        if run.status in ("queued", "running"):
-            print(f"run {run.run_id} of {key} is already {run.status}", file=sys.stderr)
-            return 1
-        if run.purged_at is not None:
-            print(f"{key} was purged on {run.purged_at:%Y-%m-%d} (retention): its raw data and kept files are"
-                  " gone; its report and exceptions remain. Send the folder again with `loader run PATH`",
-                  file=sys.stderr)
-            return 1
-        if kept is None:
-            print(f"{key} has no kept files: its folder was refused before anything was kept ({run.message});"
-                  " run the folder again with `loader run PATH`", file=sys.stderr)
-            return 1
-        if not Path(kept).is_dir():
-            print(f"the kept files of {key} are gone: {kept} does not exist", file=sys.stderr)
-            return 1
-        # A failed or held run goes back in the queue; a finished one is run again as a new run of the same files.
-        run_id = run.run_id
-        if not requeue_for_rerun(conn, run.run_id, args.triggered_by):
-            run_id = start_run(conn, (key.partner_id, key.shop_id, key.load_id), run.contract, args.triggered_by,
-                               kept, submitted_from=f"rerun of run {run.run_id}")
     progress = make_progress()
     try:
         runner = _foreground_runner(settings, warehouse, args, progress)
@@ -290,15 +275,13 @@ def _size(count: int) -> str:
 def cmd_submit(args: argparse.Namespace) -> int:
     settings = _settings()
     folder = Path(args.path)
+    # Refused before the database is started or reached, as the contract's exit code 2 says.
     try:
-        key = check_submittable(folder)
+        check_submittable(folder)
     except NotALoadFolder as exc:
         raise UsageError(str(exc)) from None
     warehouse = _warehouse(settings)
-    kept = keep(folder, settings.inbox_dir)
-    with contextlib.closing(warehouse.connect()) as conn:
-        run_id = start_run(conn, (key.partner_id, key.shop_id, key.load_id), manifest_contract(kept),
-                           args.triggered_by, str(kept), submitted_from=str(folder.absolute()))
+    run_id = submit_folder(warehouse, folder, args.triggered_by, settings.inbox_dir)
     print(f"queued run {run_id}")
     return 0
 
@@ -340,11 +323,21 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
     if args.entity is not None and args.entity not in entities:
         raise UsageError(f"unknown entity {args.entity!r}; entities: {', '.join(entities)}")
     with contextlib.closing(warehouse.connect()) as conn:
+        if args.format == "csv":
+            # Streamed: a million exception rows are never held at once.
+            try:
+                chunks = reports.exceptions_csv_chunks(conn, key, args.entity)
+            except LookupError:
+                print(f"unknown load {key}", file=sys.stderr)
+                return 1
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+            return 0
         rows = reports.exceptions(conn, key, args.entity)
     if rows is None:
         print(f"unknown load {key}", file=sys.stderr)
         return 1
-    sys.stdout.write(reports.exceptions_csv(rows) if args.format == "csv" else reports.exceptions_json(rows) + "\n")
+    sys.stdout.write(reports.exceptions_json(rows) + "\n")
     return 0
 
 
@@ -402,7 +395,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  {me} status                     recent runs")
     print(f"  {me} report {load}    this load's ledger")
     print(f"  {me} exceptions {load}    its exception rows, as CSV for the partner")
-    print("  the dashboard: .venv/bin/streamlit run dashboard/app.py")
+    print(f"  {me} users add admin --role admin    a dashboard login (the password is read from stdin)")
+    print(f"  {me} dashboard                  the dashboard, on http://127.0.0.1:8501")
     if embedded_running(settings.home_dir):
         print(f"the embedded PostgreSQL keeps running in {settings.home_dir / 'pg'} for the next command;"
               f" stop it with `{me} server stop`")
@@ -470,6 +464,41 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    settings = _settings()
+    warehouse = _warehouse(settings)
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.address, args.port))
+        except OSError as exc:
+            raise UsageError(f"--address {args.address} --port {args.port}: cannot listen there ({exc.strerror});"
+                             " choose another port with --port") from None
+    with contextlib.closing(warehouse.connect()) as conn:
+        nobody = not list_users(conn)
+    print(f"dashboard: http://{args.address}:{args.port}  (database {warehouse.display})", flush=True)
+    if nobody:
+        print(f"no dashboard user yet: create one with `{_invoked_as()} users add NAME --role admin`", flush=True)
+    if args.address not in ("127.0.0.1", "localhost", "::1"):
+        print(f"listening on {args.address}: anyone who can reach it sees the login page; put TLS in front",
+              flush=True)
+    # Streamlit serves the app; the settings it needs are this process's environment, passed on.
+    command = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP),
+               "--server.address", args.address, "--server.port", str(args.port), "--server.headless", "true",
+               "--server.fileWatcherType", "none", "--server.maxUploadSize", str(settings.upload_limit_mb),
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+               "--client.showErrorDetails", "none"]
+    child = subprocess.Popen(command, cwd=DASHBOARD_APP.parent)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = child.wait()
+    # Streamlit ends with -SIGTERM or 0 when told to stop: that is the dashboard's normal end.
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     settings = _settings()
     home = settings.home_dir
@@ -485,6 +514,73 @@ def cmd_server(args: argparse.Namespace) -> int:
         return 0
     print(f"stopped the embedded PostgreSQL in {home / 'pg'}" if stop_embedded(home)
           else f"no embedded PostgreSQL is running in {home / 'pg'}")
+    return 0
+
+
+def _password_from_stdin(name: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {name}: ")
+    line = sys.stdin.buffer.readline()
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the password on standard input is not UTF-8") from None
+    # Only the line's end goes: spaces in a password are part of it.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def _cli_user() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return "cli"
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    try:
+        # Before the password is asked for: nobody should type one only to learn the name was refused.
+        check_name(args.name)
+        password = check_password(_password_from_stdin(args.name))
+    except AccessError as exc:
+        raise UsageError(str(exc)) from None
+    warehouse = _warehouse(_settings())
+    with contextlib.closing(warehouse.connect()) as conn:
+        try:
+            created = add_user(conn, args.name, args.role, password)
+        except AccessError as exc:
+            raise UsageError(str(exc)) from None
+        detail = f"created with role {args.role}" if created else f"role set to {args.role}, password set"
+        record_action(conn, _cli_user(), "users add", args.name, detail)
+    print(f"{'added' if created else 'updated'} dashboard user {args.name} ({args.role})")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    warehouse = _warehouse(_settings())
+    with contextlib.closing(warehouse.connect()) as conn:
+        users = list_users(conn)
+    if args.json:
+        print(json.dumps([u.model_dump(mode="json") for u in users], indent=2))
+        return 0
+    if not users:
+        print(f"no dashboard users yet; add one with `{_invoked_as()} users add NAME --role admin`")
+        return 0
+    width = max(4, *(len(u.name) for u in users))
+    print(f"{'name':<{width}}  {'role':<8}  {'created (UTC)':<19}  updated (UTC)")
+    for u in users:
+        created, updated = (at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") for at in (u.created_at, u.updated_at))
+        print(f"{u.name:<{width}}  {u.role:<8}  {created:<19}  {updated}")
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    warehouse = _warehouse(_settings())
+    with contextlib.closing(warehouse.connect()) as conn:
+        removed = remove_user(conn, args.name)
+        if removed:
+            record_action(conn, _cli_user(), "users remove", args.name, "removed; its sessions ended")
+    print(f"removed dashboard user {args.name}; its sessions ended" if removed
+          else f"there was no dashboard user {args.name}")
     return 0
 
 
@@ -581,6 +677,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = sub.add_parser("env", help='print the database environment: eval "$(loader env)"')
     env.set_defaults(func=cmd_env)
+
+    dashboard = sub.add_parser("dashboard", help="serve the Streamlit dashboard (stops on SIGTERM)")
+    dashboard.add_argument("--port", type=_positive_int, default=8501)
+    dashboard.add_argument("--address", default="127.0.0.1", help="the address to listen on (default: loopback only)")
+    dashboard.set_defaults(func=cmd_dashboard)
+
+    users = sub.add_parser("users", help="dashboard users: add (or change the role of), list, remove")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    users_add = users_sub.add_parser("add", help="create a dashboard user or change its role; the password is read"
+                                                 " from standard input (one line), or asked for on a terminal")
+    users_add.add_argument("name", help="1-64 letters, digits and . _ @ -, starting with a letter or a digit")
+    users_add.add_argument("--role", required=True, choices=ROLES,
+                           help="viewer: read; operator: also upload, rerun, approve, reject; admin: also users")
+    users_add.set_defaults(func=cmd_users_add)
+    users_list = users_sub.add_parser("list", help="the dashboard users and their roles")
+    users_list.add_argument("--json", action="store_true")
+    users_list.set_defaults(func=cmd_users_list)
+    users_remove = users_sub.add_parser("remove", help="remove a dashboard user and end its sessions")
+    users_remove.add_argument("name")
+    users_remove.set_defaults(func=cmd_users_remove)
     return parser
 
 

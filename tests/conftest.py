@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import empty_warehouse, point_loader_at
 
 from loader.database import Warehouse, start_embedded, warehouse_from_url
 
@@ -59,21 +60,6 @@ def dbt_by_hand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture
 def db(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dbt_state: Path) -> Iterator[Warehouse]:
-    """An empty warehouse for one test, with the loader's environment pointing at it.
-
-    The test's LOADER_HOME shares its dbt folder with the session's other tests, as a user's home keeps it from
-    one load to the next: dbt's partial parse then stays cached instead of every test parsing the project anew.
-    """
-    with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
-        # Every schema the loader, dlt and dbt made: raw, registry, production, dbt's layers.
-        cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname not in"
-                    " ('public', 'information_schema')")
-        for (schema,) in cur.fetchall():
-            cur.execute(f'drop schema "{schema}" cascade')
-    monkeypatch.setenv("LOADER_DATABASE_URL", warehouse.url)
-    home = tmp_path / "loader-home"
-    home.mkdir()
-    (home / "dbt").symlink_to(dbt_state, target_is_directory=True)
-    monkeypatch.setenv("LOADER_HOME", str(home))
-    monkeypatch.setenv("LOADER_PARTNERS_FILE", str(tmp_path / "partners.yml"))
+    """An empty warehouse for one test, with the loader's environment pointing at it."""
+    point_loader_at(empty_warehouse(warehouse), tmp_path, dbt_state, monkeypatch)
     yield warehouse

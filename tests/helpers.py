@@ -21,6 +21,31 @@ from loader.database import Warehouse
 LOADER = Path(sys.executable).parent / "loader"
 
 
+def empty_warehouse(warehouse: Warehouse) -> Warehouse:
+    """The warehouse without every schema the loader, dlt and dbt made: raw, registry, production, dbt's layers."""
+    with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
+        cur.execute("select nspname from pg_namespace where nspname not like 'pg\\_%' and nspname not in"
+                    " ('public', 'information_schema')")
+        for (schema,) in cur.fetchall():
+            cur.execute(f'drop schema "{schema}" cascade')
+    return warehouse
+
+
+def point_loader_at(warehouse: Warehouse, folder: Path, dbt_state: Path, patch: pytest.MonkeyPatch) -> Path:
+    """The loader's environment on `warehouse`, with a home (returned) and partners.yml under `folder`.
+
+    The home shares its dbt folder with the session's other tests, as a user's home keeps it from one load to
+    the next: dbt's partial parse then stays cached instead of every test parsing the project anew.
+    """
+    patch.setenv("LOADER_DATABASE_URL", warehouse.url)
+    home = folder / "loader-home"
+    home.mkdir()
+    (home / "dbt").symlink_to(dbt_state, target_is_directory=True)
+    patch.setenv("LOADER_HOME", str(home))
+    patch.setenv("LOADER_PARTNERS_FILE", str(folder / "partners.yml"))
+    return home
+
+
 def query(warehouse: Warehouse, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     with contextlib.closing(warehouse.connect()) as conn, conn, conn.cursor() as cur:
         cur.execute(sql, params)

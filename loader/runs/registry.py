@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import psycopg2.extensions
 from psycopg2 import sql
-from pydantic import BaseModel, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 from loader.database import Warehouse, declared_version, one_row, refuse_newer
 from loader.dbt.relations import built_relation
@@ -244,6 +244,90 @@ def recent_runs(
             {"status": status, "limit": limit},
         )
         return [_record(r) for r in cur.fetchall()]
+
+
+class RunFilter(BaseModel):
+    """Which runs a page lists; every condition given must hold. Days are UTC days of queued_at, both inclusive."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partner: str | None = None
+    shop: str | None = None
+    statuses: list[RunStatus] = Field(default_factory=list)
+    since: dt.date | None = None
+    until: dt.date | None = None
+    # A case-insensitive part of the load key "partner/shop/load".
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _days_in_order(self) -> RunFilter:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise ValueError(f"since ({self.since}) is after until ({self.until})")
+        return self
+
+
+class RunPage(BaseModel):
+    runs: list[RunRecord]
+    # Every run the filter matches, not only this page's.
+    total: int
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Refuse a page that cannot be asked for, naming the setting."""
+    if limit < 0:
+        raise ValueError(f"limit must be 0 or more, got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be 0 or more, got {offset}")
+
+
+def _utc_day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), dt.UTC)
+
+
+def find_runs(conn: psycopg2.extensions.connection, f: RunFilter, limit: int, offset: int, *,
+              oldest_first: bool = False) -> RunPage:
+    """One page of the runs that match `f`, newest first (as `recent_runs`) unless `oldest_first`, and how many
+    match in all."""
+    check_page(limit, offset)
+    params: dict[str, Any] = {
+        "partner": f.partner, "shop": f.shop, "statuses": list(f.statuses) or None,
+        "since": None if f.since is None else _utc_day_start(f.since),
+        "until": None if f.until is None else _utc_day_start(f.until + dt.timedelta(days=1)),
+        "text": f.text.lower() if f.text else None, "limit": limit, "offset": offset,
+    }
+    # strpos, not LIKE: the text is matched as typed, % and _ included.
+    where = """
+        (%(partner)s::text is null or partner_id = %(partner)s)
+        and (%(shop)s::text is null or shop_id = %(shop)s)
+        and (%(statuses)s::text[] is null or status = any(%(statuses)s::text[]))
+        and (%(since)s::timestamptz is null or queued_at >= %(since)s)
+        and (%(until)s::timestamptz is null or queued_at < %(until)s)
+        and (%(text)s::text is null or strpos(lower(partner_id || '/' || shop_id || '/' || load_id), %(text)s) > 0)
+    """
+    with conn, conn.cursor() as cur:
+        # The page and its total from one snapshot: a run registered in between changes neither alone.
+        cur.execute("set transaction isolation level repeatable read, read only")
+        cur.execute(f"select count(*) from loader_registry.runs where {where}", params)
+        total = int(one_row(cur)[0])
+        order = "run_id" if oldest_first else "run_id desc"
+        cur.execute(f"select {_RUN_COLUMNS} from loader_registry.runs where {where}"
+                    f" order by {order} limit %(limit)s offset %(offset)s", params)
+        return RunPage(runs=[_record(r) for r in cur.fetchall()], total=total)
+
+
+def partners_and_shops(conn: psycopg2.extensions.connection) -> list[tuple[str, str]]:
+    """Every (partner, shop) that has a run, sorted: the choices of the runs filter."""
+    with conn, conn.cursor() as cur:
+        cur.execute("select distinct partner_id, shop_id from loader_registry.runs")
+        # Sorted here: the database's collation may not sort by code point.
+        return sorted((str(p), str(s)) for p, s in cur.fetchall())
+
+
+def runs_in_flight(conn: psycopg2.extensions.connection) -> int:
+    """How many runs are queued or running now."""
+    with conn, conn.cursor() as cur:
+        cur.execute("select count(*) from loader_registry.runs where status in ('queued', 'running')")
+        return int(one_row(cur)[0])
 
 
 class HistoryEntry(BaseModel):

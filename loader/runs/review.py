@@ -25,7 +25,7 @@ from loader.dbt.relations import Relation
 from loader.intake.load_key import LoadKey
 from loader.intake.partners import Thresholds
 from loader.publish.transaction import Publisher, PublishError, business_columns
-from loader.runs.registry import RunRecord, known_shop_key, latest_run, move
+from loader.runs.registry import RunFilter, RunRecord, check_page, find_runs, known_shop_key, latest_run, move
 
 REVIEW_SCHEMA = "loader_review"
 
@@ -295,6 +295,13 @@ def reject(warehouse: Warehouse, key: LoadKey, by: str, reason: str | None) -> i
         return int(run_id)
 
 
+def held_runs(conn: psycopg2.extensions.connection, limit: int, offset: int) -> list[RunRecord]:
+    """One page of the runs held for review (needs_review), oldest first, each with the thresholds it crossed
+    (`held_because`, parsed). How many there are: `find_runs` of status needs_review."""
+    held = RunFilter(statuses=["needs_review"])
+    return find_runs(conn, held, limit, offset, oldest_first=True).runs
+
+
 @dataclass
 class EntityDiff:
     """What publishing a held plan would do to one entity, with examples."""
@@ -324,9 +331,12 @@ class Diff:
         }
 
 
-def diff(warehouse: Warehouse, key: LoadKey, entity: str | None = None, limit: int = 20) -> Diff:
+def diff(warehouse: Warehouse, key: LoadKey, entity: str | None = None, limit: int = 20, *,
+         offset: int = 0) -> Diff:
     """The change preview of a held load: per entity, rows to insert and, for rows to update, each changed column
-    with production's value now beside the plan's. At most `limit` example rows of each kind per entity."""
+    with production's value now beside the plan's. At most `limit` example rows of each kind per entity, from
+    the `offset`-th on in row order (`insert` and `update` count them all: pages of both cover every one)."""
+    check_page(limit, offset)
     with contextlib.closing(warehouse.connect()) as conn:
         run = latest_run(conn, key)
         if run is None:
@@ -334,21 +344,21 @@ def diff(warehouse: Warehouse, key: LoadKey, entity: str | None = None, limit: i
         if run.status != "needs_review":
             raise ReviewError(f"load {key} (run {run.run_id}) is {run.status}, not held for review: only a held"
                               " load has a plan to preview")
-        return _diff_in(conn, run, key, entity, limit)
+        return _diff_in(conn, run, key, entity, limit, offset)
 
 
 def _diff_in(conn: psycopg2.extensions.connection, run: RunRecord, key: LoadKey, entity: str | None,
-             limit: int) -> Diff:
+             limit: int, offset: int) -> Diff:
     contract = load_contract(run.contract)
     with conn, conn.cursor() as cur:
         # One snapshot for every count and example, read only.
         cur.execute("set transaction isolation level repeatable read, read only")
         kept = [p for p in _kept_plans(cur, run.run_id) if entity is None or p.entity == entity]
-        return Diff(run, {p.entity: _entity_diff(cur, contract, key, run.run_id, p, limit) for p in kept})
+        return Diff(run, {p.entity: _entity_diff(cur, contract, key, run.run_id, p, limit, offset) for p in kept})
 
 
 def _entity_diff(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadKey, run_id: int, plan: _KeptPlan,
-                 limit: int) -> EntityDiff:
+                 limit: int, offset: int) -> EntityDiff:
     columns = business_columns(cur, contract.production_schema, plan.entity)
     kept = _kept(run_id, plan.entity)
     production = sql.Identifier(contract.production_schema, plan.entity)
@@ -356,7 +366,7 @@ def _entity_diff(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadK
     result = EntityDiff(plan.inserts, plan.updates, plan.unchanged, plan.checksum,
                         outdated.changed + outdated.now_present)
     ident = {c: sql.Identifier(c) for c in columns}
-    shop = {"shop_key": known_shop_key(cur, key), "limit": limit}
+    shop = {"shop_key": known_shop_key(cur, key), "limit": limit, "offset": offset}
     joined = sql.SQL("from {kept} as p left join {production} as t on t.shop_key = %(shop_key)s and t.id = p.id"
                      " where p._action = 'update'").format(kept=kept, production=production)
     counts = sql.SQL(", ").join(
@@ -365,14 +375,15 @@ def _entity_diff(cur: psycopg2.extensions.cursor, contract: Contract, key: LoadK
     result.columns = {c: int(n) for c, n in zip(columns, one_row(cur), strict=True) if n}
     pairs = sql.SQL(", ").join(sql.SQL("t.{c}::text, p.{c}::text").format(c=ident[c]) for c in columns)
     cur.execute(sql.SQL("select p.external_id, p._row_number, {pairs} {joined} order by p._row_number"
-                        " limit %(limit)s").format(pairs=pairs, joined=joined), shop)
+                        " limit %(limit)s offset %(offset)s").format(pairs=pairs, joined=joined), shop)
     for external_id, row_number, *values in cur.fetchall():
         changes = {c: {"now": values[2 * i], "after": values[2 * i + 1]} for i, c in enumerate(columns)
                    if values[2 * i] != values[2 * i + 1]}
         result.updates.append({"external_id": external_id, "row_number": row_number, "changes": changes})
     plain = sql.SQL(", ").join(sql.SQL("p.{c}::text").format(c=ident[c]) for c in columns)
     cur.execute(sql.SQL("select p.external_id, p._row_number, {plain} from {kept} as p where p._action = 'insert'"
-                        " order by p._row_number limit %(limit)s").format(plain=plain, kept=kept), shop)
+                        " order by p._row_number limit %(limit)s offset %(offset)s").format(plain=plain, kept=kept),
+                shop)
     for external_id, row_number, *values in cur.fetchall():
         result.inserts.append({"external_id": external_id, "row_number": row_number,
                                "values": dict(zip(columns, values, strict=True))})

@@ -30,6 +30,7 @@ import psycopg2
 import psycopg2.extensions
 
 from loader.database import SchemaVersionError, Warehouse, WarehouseUnavailable
+from loader.intake.load_key import LoadKey
 from loader.intake.manifest import capped, verify_folder
 from loader.intake.partners import PartnersFile, load_partners
 from loader.runs.inbox import NotALoadFolder, check_submittable, keep, manifest_contract
@@ -41,6 +42,8 @@ from loader.runs.queue import ClaimedRun, claim, held_ahead, listen, take_back_e
 from loader.runs.registry import (
     FINAL_STATUSES,
     ensure_registry,
+    kept_files,
+    latest_run,
     move,
     record_problems,
     run_record,
@@ -351,6 +354,36 @@ class _Waiting:
                                             " were queued)")
                 self.said = True
             wait(conn, self.policy.poll_seconds)
+
+
+class RerunRefused(Exception):
+    """The load cannot run again from its kept files; the message says why and what to do instead."""
+
+
+def queue_rerun(conn: psycopg2.extensions.connection, key: LoadKey, by: str) -> int:
+    """The run id that will run `key` again from its kept files: its failed or held run requeued, else a new run.
+
+    Raises RerunRefused when the load is unknown, still queued or running, purged, or has no kept files.
+    """
+    run = latest_run(conn, key)
+    if run is None:
+        raise RerunRefused(f"unknown load {key}")
+    if run.status in ("queued", "running"):
+        raise RerunRefused(f"run {run.run_id} of {key} is already {run.status}")
+    if run.purged_at is not None:
+        raise RerunRefused(f"{key} was purged on {run.purged_at:%Y-%m-%d} (retention): its raw data and kept files"
+                           " are gone; its report and exceptions remain. Send the folder again with `loader run PATH`")
+    kept = kept_files(conn, run.run_id)
+    if kept is None:
+        raise RerunRefused(f"{key} has no kept files: its folder was refused before anything was kept"
+                           f" ({run.message}); run the folder again with `loader run PATH`")
+    if not Path(kept).is_dir():
+        raise RerunRefused(f"the kept files of {key} are gone: {kept} does not exist")
+    # A failed or held run goes back in the queue; a finished one is run again as a new run of the same files.
+    if requeue_for_rerun(conn, run.run_id, by):
+        return run.run_id
+    return start_run(conn, (key.partner_id, key.shop_id, key.load_id), run.contract, by, kept,
+                     submitted_from=f"rerun of run {run.run_id}")
 
 
 def requeue_for_rerun(conn: psycopg2.extensions.connection, run_id: int, by: str) -> bool:

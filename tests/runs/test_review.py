@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import LOADER, make_load, query
 
 from loader.cli import main
 from loader.database import Warehouse
+from loader.intake.load_key import LoadKey
+from loader.runs import review
 
 
 def customers(rows: list[tuple[str, str, str]]) -> bytes:
@@ -244,3 +248,37 @@ def test_rerun_of_a_held_load_plans_it_again(db: Warehouse, tmp_path: Path,
     assert query(db, "select held_because from loader_registry.runs where load_id = 'load-2'") == [(None,)]
     assert query(db, "select count(*) from prod_sms.customers where load_id = 'load-2'") == [(5,)]
     assert query(db, "select count(*) from pg_tables where schemaname = 'loader_review'") == [(0,)]
+
+
+def test_the_change_preview_pages_through_every_change_and_held_runs_lists_the_load(
+        db: Warehouse, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """held_base: load-2 inserts C11 and C12 and changes the e-mails of C2, C5 and C9 (rows 11, 12; 2, 5, 9)."""
+    held_base(db, tmp_path, capsys)
+    key = LoadKey.parse("acme/shop-1/load-2")
+    whole = review.diff(db, key)
+    assert len(whole.entities["customers"].updates) == 3
+    for per_page in (1, 2):
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for offset in range(0, 4, per_page):
+            page = review.diff(db, key, "customers", per_page, offset=offset).entities["customers"]
+            assert (page.insert, page.update, page.unchanged) == (2, 3, 7)
+            assert len(page.inserts) <= per_page and len(page.updates) <= per_page
+            inserts += page.inserts
+            updates += page.updates
+        assert [(r["external_id"], r["row_number"]) for r in inserts] == [("C11", 11), ("C12", 12)]
+        assert [(r["external_id"], r["row_number"]) for r in updates] == [("C2", 2), ("C5", 5), ("C9", 9)]
+        assert updates == whole.entities["customers"].updates
+        assert all(u["changes"]["email"]["after"] == f"new{u['external_id'].lower()}@example.com" for u in updates)
+    counts_only = review.diff(db, key, None, 0).entities["customers"]
+    assert counts_only.inserts == counts_only.updates == [] and counts_only.columns == {"email": 3}
+    with pytest.raises(ValueError, match="offset must be 0 or more"):
+        review.diff(db, key, offset=-1)
+
+    with contextlib.closing(db.connect()) as conn:
+        held = review.held_runs(conn, 10, 0)
+        assert review.held_runs(conn, 10, 1) == []
+    [(run_id,)] = query(db, "select run_id from loader_registry.runs where load_id = 'load-2'")
+    assert [(r.run_id, r.load, r.status) for r in held] == [(run_id, "acme/shop-1/load-2", "needs_review")]
+    assert held[0].held_because == [{"threshold": "max_update_pct", "entity": "customers", "value": 30.0,
+                                     "limit": 20.0}]
