@@ -9,12 +9,14 @@ import streamlit as st
 
 from loader.access.sessions import LoginRefused, Session, login, logout
 from loader.access.users import role_allows
-from shell import TOKEN, Unavailable, connected, context, signed_in
+from shell import LOGGED_OUT, REMEMBER, TOKEN, Unavailable, connected, context, cookie_script, signed_in
 
 PAGES = Path(__file__).parent / "pages"
 
 
 def _login_form(conn: psycopg2.extensions.connection) -> None:
+    if st.session_state.get(LOGGED_OUT):
+        st.html(cookie_script(None), unsafe_allow_javascript=True)
     st.title("Partner loader")
     with st.form("login"):
         name = st.text_input("Username")
@@ -29,6 +31,8 @@ def _login_form(conn: psycopg2.extensions.connection) -> None:
         st.error(str(exc))
         return
     st.session_state[TOKEN] = session.token
+    st.session_state[REMEMBER] = True
+    st.session_state.pop(LOGGED_OUT, None)
     st.rerun()
 
 
@@ -47,9 +51,12 @@ def _navigation(session: Session) -> None:
     if role_allows(session.role, "admin"):
         pages.append(st.Page(PAGES / "users.py", title="Users", icon=":material/group:"))
     with st.sidebar:
+        if st.session_state.pop(REMEMBER, False):
+            st.html(cookie_script(session), unsafe_allow_javascript=True)
         st.caption(f"Signed in as **{session.user}** ({session.role})")
         if st.button("Log out"):
             token = st.session_state.pop(TOKEN, None)
+            st.session_state[LOGGED_OUT] = True
             if token is not None:
                 with connected() as conn:
                     logout(conn, token)

@@ -25,6 +25,11 @@ from loader.runs.registry import ensure_registry
 from loader.settings import LoaderSettings
 
 TOKEN = "loader_session_token"
+# The session token is also kept in a browser cookie, so that a reloaded tab (a new Streamlit session) stays
+# logged in until the session expires; LOGGED_OUT stops a cookie the browser sent before a logout from counting.
+COOKIE = "loader_session"
+LOGGED_OUT = "loader_logged_out"
+REMEMBER = "loader_remember_session"
 
 STATUS_BADGES = {
     "queued": ":gray-badge[queued]",
@@ -73,7 +78,22 @@ def connected() -> Iterator[psycopg2.extensions.connection]:
 
 
 def signed_in(conn: psycopg2.extensions.connection) -> Session | None:
+    """This tab's session: the one it logged in with, or the one its cookie names when the tab was reloaded."""
+    if TOKEN not in st.session_state and not st.session_state.get(LOGGED_OUT):
+        cookie = st.context.cookies.get(COOKIE)
+        if cookie:
+            st.session_state[TOKEN] = cookie
     return current(conn, st.session_state.get(TOKEN))
+
+
+def cookie_script(session: Session | None) -> str:
+    """A script that keeps `session`'s token in the browser's cookie until it expires, or forgets it (None)."""
+    if session is None:
+        return f"<script>document.cookie = '{COOKIE}=; path=/; max-age=0; samesite=strict';</script>"
+    seconds = max(0, int((session.expires_at - dt.datetime.now(dt.UTC)).total_seconds()))
+    # The token is URL-safe base64: nothing in it needs quoting in a cookie or in this script.
+    return ("<script>document.cookie = '" + f"{COOKIE}={session.token}; path=/; max-age={seconds}; samesite=strict"
+            "' + (location.protocol === 'https:' ? '; secure' : '');</script>")
 
 
 def authorize(conn: psycopg2.extensions.connection, needed: Role, action: str) -> Session:

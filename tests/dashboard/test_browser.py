@@ -173,6 +173,26 @@ def test_a_viewer_sees_no_upload_or_approve_control(served: Served) -> None:
     shot(page, "viewer")
 
 
+def test_a_reloaded_tab_stays_logged_in_until_log_out(served: Served) -> None:
+    page = log_in(served, "vera")
+    page.reload()
+    expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+    expect(page.get_by_text("Signed in as vera")).to_be_visible()
+    before = live_sessions(served, "vera")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    page.reload()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs")).to_have_count(0)
+    assert live_sessions(served, "vera") == before - 1
+
+
+def live_sessions(served: Served, user: str) -> int:
+    [(count,)] = query(served.warehouse, "select count(*) from loader_registry.dashboard_sessions"
+                                         " where user_name = %s and expires_at > now()", (user,))
+    return int(str(count))
+
+
 def test_admin_sees_the_users_page(served: Served) -> None:
     page = log_in(served, "ada")
     page.get_by_role("link", name="Users").click()
