@@ -1,4 +1,4 @@
--- schema version: 4
+-- schema version: 5
 -- Run registry: one row per run, an append-only status history, and the files
 -- each run landed. Applied once per version of this file (schema_version holds
 -- its digest and version), never on every command: DDL takes ACCESS EXCLUSIVE
@@ -526,3 +526,5 @@ create table if not exists loader_registry.run_dbt_failures (
     sample_note text,
     primary key (run_id, node)
 );
+
+-- Connectors: checkpoints, what each poll found and took (loader/connectors).
