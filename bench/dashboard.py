@@ -27,7 +27,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,10 @@ sys.path.insert(0, str(REPO))
 
 import psycopg2.extensions  # noqa: E402
 from quiet import settle  # noqa: E402
+from scratch import fresh_database  # noqa: E402
 
 from loader.contracts import load_contract  # noqa: E402
-from loader.database import Warehouse, one_row, resolve_warehouse  # noqa: E402
+from loader.database import one_row, resolve_warehouse  # noqa: E402
 from loader.intake.load_key import LoadKey  # noqa: E402
 from loader.landing.spool import ensure_raw_tables  # noqa: E402
 from loader.publish.lineage import production_rows, row_lineage  # noqa: E402
@@ -65,28 +66,6 @@ RULES = (("format", "error"), ("required", "error"), ("orphan", "error"), ("dupl
          ("short_phone", "warning"), ("future_date", "warning"))
 LINEAGE_SHOP = ("partner-3", "shop-2")
 LINEAGE_LOADS = 5
-
-
-@contextlib.contextmanager
-def fresh_database(server: Warehouse, *, keep: bool) -> Iterator[Warehouse]:
-    """A database of this run's own on the server, dropped afterwards unless `keep`."""
-    name = f"bench_dashboard_{os.getpid()}"
-    admin = server.connect()
-    admin.autocommit = True
-    with contextlib.closing(admin), admin.cursor() as cur:
-        cur.execute(f"drop database if exists {name}")
-        cur.execute(f"create database {name}")
-    try:
-        yield Warehouse(server.host, server.port, server.user, server.password, name, embedded=server.embedded,
-                        options=server.options)
-    finally:
-        if keep:
-            print(f"kept database {name}")
-        else:
-            admin = server.connect()
-            admin.autocommit = True
-            with contextlib.closing(admin), admin.cursor() as cur:
-                cur.execute(f"drop database {name} with (force)")
 
 
 def fill_runs(cur: psycopg2.extensions.cursor, runs: int) -> None:
@@ -284,7 +263,7 @@ def main() -> int:
         parser.error("--runs must be at least 1000, --exceptions 10000, --raw-rows 100 and --repeat 1")
     os.environ.setdefault("LOADER_HOME", str(REPO / "bench" / "data" / ".loader"))
     server = resolve_warehouse(LoaderSettings())
-    with fresh_database(server, keep=args.keep) as warehouse:
+    with fresh_database(server, "dashboard", keep=args.keep) as warehouse:
         ensure_registry(warehouse)
         started = time.perf_counter()
         with contextlib.closing(warehouse.connect()) as conn:

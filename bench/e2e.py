@@ -37,7 +37,6 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import psycopg2.extensions  # noqa: E402
 from quiet import settle  # noqa: E402
+from scratch import fresh_database  # noqa: E402
 
 from loader.contracts import Contract, Entity, load_contract  # noqa: E402
 from loader.database import Warehouse, resolve_warehouse  # noqa: E402
@@ -253,28 +253,6 @@ def _dbt_timing(log_path: Path, start: int) -> str:
     return timings[-1] if timings else "no dbt build"
 
 
-@contextlib.contextmanager
-def fresh_database(server: Warehouse, *, keep: bool) -> Iterator[Warehouse]:
-    """A database of this run's own on the server, dropped afterwards unless `keep`."""
-    name = f"bench_e2e_{os.getpid()}"
-    admin = server.connect()
-    admin.autocommit = True
-    with contextlib.closing(admin), admin.cursor() as cur:
-        cur.execute(f"drop database if exists {name}")
-        cur.execute(f"create database {name}")
-    try:
-        yield Warehouse(server.host, server.port, server.user, server.password, name, embedded=server.embedded,
-                        options=server.options)
-    finally:
-        if keep:
-            print(f"kept database {name}")
-        else:
-            admin = server.connect()
-            admin.autocommit = True
-            with contextlib.closing(admin), admin.cursor() as cur:
-                cur.execute(f"drop database {name} with (force)")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2_000_000)
@@ -291,7 +269,7 @@ def main() -> int:
     home = DATA / ".loader-e2e"
     shutil.rmtree(home, ignore_errors=True)
     contract = load_contract("sms_v1")
-    with fresh_database(server, keep=args.keep) as warehouse:
+    with fresh_database(server, "e2e", keep=args.keep) as warehouse:
         ensure_registry(warehouse)
         with contextlib.closing(warehouse.connect()) as conn:
             ensure_production(conn, contract)

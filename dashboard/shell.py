@@ -22,7 +22,7 @@ from loader.access.sessions import Forbidden, Session, current, require
 from loader.access.users import Role
 from loader.database import SchemaVersionError, Warehouse, WarehouseUnavailable, WarehouseUrlError, resolve_warehouse
 from loader.runs.registry import ensure_registry
-from loader.settings import LoaderSettings
+from loader.settings import LoaderSettings, settings_error
 
 TOKEN = "loader_session_token"
 # The session token is also kept in a browser cookie, so that a reloaded tab (a new Streamlit session) stays
@@ -59,9 +59,7 @@ def context() -> tuple[LoaderSettings, Warehouse]:
         settings = LoaderSettings()
         return settings, _warehouse(settings)
     except ValidationError as exc:
-        details = "; ".join(f"LOADER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                            for e in exc.errors(include_url=False))
-        raise Unavailable(f"invalid setting: {details}") from None
+        raise Unavailable(settings_error(exc)) from None
     except (WarehouseUnavailable, WarehouseUrlError, SchemaVersionError) as exc:
         raise Unavailable(str(exc)) from None
 

@@ -70,7 +70,7 @@ from loader.runs.worker import (
     serve_until_done,
     worker_name,
 )
-from loader.settings import LoaderSettings
+from loader.settings import LoaderSettings, settings_error
 
 EXIT_USAGE = 2
 DASHBOARD_APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -85,9 +85,7 @@ def _settings() -> LoaderSettings:
     try:
         return LoaderSettings()
     except ValidationError as exc:
-        details = "; ".join(f"LOADER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                            for e in exc.errors(include_url=False))
-        raise UsageError(f"invalid setting: {details}") from exc
+        raise UsageError(settings_error(exc)) from exc
 
 
 def _warehouse(settings: LoaderSettings) -> Warehouse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,3 +67,10 @@ class LoaderSettings(BaseSettings):
     @property
     def inbox_dir(self) -> Path:
         return self.inbox.expanduser().resolve() if self.inbox else self.home_dir / "inbox"
+
+
+def settings_error(exc: ValidationError) -> str:
+    """What is wrong with the LOADER_* settings, each naming its variable."""
+    details = "; ".join(f"LOADER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                        for e in exc.errors(include_url=False))
+    return f"invalid setting: {details}"

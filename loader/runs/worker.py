@@ -417,26 +417,43 @@ def _stop_on(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _finish_on(stop: threading.Event) -> None:
+    """SIGUSR1 asks for a drain: finish the run in progress, take no new one (SIGTERM still stops at once)."""
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGUSR1, handler)
+
+
 def _child(make_runner: Callable[[str], Runner], policy: QueuePolicy, once: bool) -> None:
     _die_with_parent()
     stop = threading.Event()
     _stop_on(stop)
+    _finish_on(stop)
     runner = make_runner(worker_name())
     with contextlib.suppress(SystemExit, KeyboardInterrupt):
         serve(runner, policy, once=once, stop=stop)
 
 
-def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, concurrency: int, once: bool) -> int:
+def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, concurrency: int, once: bool,
+                grace_seconds: float | None = None, on_stop: Callable[[], None] | None = None) -> int:
     """`loader worker`: serve the queue with `concurrency` processes until SIGTERM (or, with `once`, until idle).
 
     Webhooks are sent from this (the supervising) process, beside the
     workers, so a slow hook never holds up a run; with `once`, one last
     bounded round sends what the last runs left.
+
+    SIGTERM stops the workers at once: a run in progress is rolled back and
+    queued again. With `grace_seconds` (the scheduler), SIGTERM first lets
+    the runs in progress finish, taking no new ones, and stops what is still
+    running only when the grace period is over. `on_stop` is called at the
+    first SIGTERM.
     """
     stop = threading.Event()
     own = make_runner(worker_name("notify"))
     with sending(own.warehouse, own.partners, finish=once):
-        if concurrency == 1:
+        # Every worker is a child process when draining, so that "stop now" can be sent after the grace period.
+        if concurrency == 1 and grace_seconds is None:
             _stop_on(stop)
             with contextlib.suppress(SystemExit, KeyboardInterrupt):
                 serve(make_runner(worker_name()), policy, once=once, stop=stop)
@@ -447,10 +464,23 @@ def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, co
         for child in children:
             child.start()
 
-        def forward(signum: int, _frame: FrameType | None) -> None:
+        def send(signum: int) -> None:
             for child in children:
                 if child.pid is not None and child.is_alive():
-                    os.kill(child.pid, signal.SIGTERM)
+                    os.kill(child.pid, signum)
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            first = not stop.is_set()
+            stop.set()
+            if first and on_stop is not None:
+                on_stop()
+            if grace_seconds is None or not first:
+                send(signal.SIGTERM)
+                return
+            send(signal.SIGUSR1)
+            timer = threading.Timer(grace_seconds, send, args=(signal.SIGTERM,))
+            timer.daemon = True
+            timer.start()
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
