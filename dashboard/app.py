@@ -42,6 +42,7 @@ def _navigation(session: Session) -> None:
         st.Page(PAGES / "run_detail.py", title="Run detail", icon=":material/receipt_long:"),
         st.Page(PAGES / "trends.py", title="Trends", icon=":material/monitoring:"),
         st.Page(PAGES / "imported.py", title="Imported data", icon=":material/table:"),
+        st.Page(PAGES / "connectors.py", title="Connectors", icon=":material/cloud_download:"),
     ]
     if role_allows(session.role, "operator"):
         pages += [

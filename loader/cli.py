@@ -26,6 +26,8 @@ from pydantic import ValidationError
 
 from loader.access.actions import record_action
 from loader.access.users import ROLES, AccessError, add_user, check_name, check_password, list_users, remove_user
+from loader.connectors.config import ConnectorSettingsError, load_connectors
+from loader.connectors.poll import ConnectorStatus, PollResult, connector_status, poll_all, reset_checkpoints
 from loader.contracts import load_contract
 from loader.contracts.model import available_contracts
 from loader.database import (
@@ -39,7 +41,7 @@ from loader.database import (
     stop_embedded,
 )
 from loader.dbt.runner import build_vars
-from loader.intake.load_key import LoadKey, LoadKeyError
+from loader.intake.load_key import LoadKey, LoadKeyError, check_part
 from loader.intake.manifest import capped
 from loader.intake.partners import PartnerSettingsError, load_partners
 from loader.runs import reports, retention, review
@@ -582,6 +584,90 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_poll(result: PollResult) -> list[str]:
+    if result.error_reason:
+        lines = [f"{result.system_code}: poll failed: {result.error_reason}: {result.error}"]
+    else:
+        took = ", ".join(f"{t.load} (run {t.run_id})" for t in result.taken) or "nothing new"
+        lines = [f"{result.system_code}: found {result.found}, took {took}"]
+    lines += [f"  waiting  {n.where}: {n.reason}" for n in result.waiting]
+    lines += [f"  skipped  {n.where}: {n.reason}" for n in result.skipped]
+    return lines
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    settings = _settings()
+    # A bad connectors.yml is refused before the database is started or reached. Only the file's shape is
+    # checked: a connector whose folder, key or secret is missing fails its own poll with that reason, and the
+    # others are polled all the same.
+    load_connectors(settings.connectors_file, check_environment=False)
+    results = poll_all(_warehouse(settings), settings, only=args.system_code)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in results], indent=2))
+    elif not results:
+        print(f"no active connector in {settings.connectors_file}")
+    else:
+        print("\n".join(line for result in results for line in _describe_poll(result)))
+    return 1 if any(r.failed for r in results) else 0
+
+
+def _utc(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _describe_connector(status: ConnectorStatus) -> list[str]:
+    lines = [f"{status.system_code} ({status.type}, {'active' if status.active else 'inactive'}): {status.name}",
+             f"  {status.location}; {status.schedule}; after success: {status.after_success}"]
+    last = status.last_poll
+    if last is None:
+        lines.append("  not polled yet")
+    else:
+        outcome = f"failed: {last.error_reason}" if last.error_reason else \
+            f"found {last.found}, took {last.taken}, {len(last.waiting)} waiting, {len(last.skipped)} skipped"
+        lines.append(f"  last poll {_utc(last.finished_at)}: {outcome}")
+        lines += [f"    waiting  {n.where}: {n.reason}" for n in last.waiting]
+        lines += [f"    skipped  {n.where}: {n.reason}" for n in last.skipped]
+    if status.last_error is not None:
+        lines.append(f"  last error {_utc(status.last_error.at)}: {status.last_error.reason}:"
+                     f" {status.last_error.message}")
+    if status.checkpoints:
+        lines.append("  checkpoints (the latest load taken per shop):")
+        lines += [f"    {c.partner_id}/{c.shop_id}  {c.load_id}  (run {c.run_id or '-'}, {_utc(c.updated_at)})"
+                  for c in status.checkpoints]
+    return lines
+
+
+def cmd_connectors(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configured = load_connectors(settings.connectors_file, check_environment=False)
+    warehouse = _warehouse(settings)
+    with contextlib.closing(warehouse.connect()) as conn:
+        statuses = connector_status(conn, configured.connectors)
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in statuses], indent=2))
+        return 0
+    if not statuses:
+        print(f"no connectors configured ({settings.connectors_file} has none)")
+    print("\n\n".join("\n".join(_describe_connector(s)) for s in statuses))
+    return 0
+
+
+def cmd_checkpoint_reset(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configured = load_connectors(settings.connectors_file, check_environment=False)
+    if configured.named(args.system_code) is None:
+        known = ", ".join(c.system_code for c in configured.connectors) or "none"
+        raise UsageError(f"{settings.connectors_file}: no connector {args.system_code!r} (configured: {known})")
+    partner = check_part("partner_id", args.partner) if args.partner is not None else None
+    shop = check_part("shop_id", args.shop) if args.shop is not None else None
+    by = _cli_user()
+    count = reset_checkpoints(_warehouse(settings), args.system_code, partner, shop, by=by)
+    scope = "".join(f" {what} {value}" for what, value in (("partner", partner), ("shop", shop)) if value)
+    print(f"reset {count} checkpoint(s) of connector {args.system_code}{scope or ' (every shop)'} as {by}:"
+          " its next poll takes those loads again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loader", description="Partner data onboarding into PostgreSQL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
@@ -627,6 +713,25 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=_positive_int, default=2,
                         help="loads of different shops run at once (default 2)")
     worker.set_defaults(func=cmd_worker)
+
+    poll = sub.add_parser("poll", help="poll the connectors now (or one): queue every complete new load")
+    poll.add_argument("system_code", nargs="?", help="only this connector of connectors.yml")
+    poll.add_argument("--json", action="store_true")
+    poll.set_defaults(func=cmd_poll)
+
+    connectors = sub.add_parser("connectors", help="the configured connectors: schedule, last poll, last error,"
+                                                   " checkpoints")
+    connectors.add_argument("--json", action="store_true")
+    connectors.set_defaults(func=cmd_connectors)
+
+    checkpoint = sub.add_parser("checkpoint", help="connector checkpoints")
+    checkpoint_sub = checkpoint.add_subparsers(dest="checkpoint_command", required=True, metavar="ACTION")
+    checkpoint_reset = checkpoint_sub.add_parser("reset", help="forget what a connector took, so that its next poll"
+                                                               " takes those loads again")
+    checkpoint_reset.add_argument("system_code", help="the connector of connectors.yml")
+    checkpoint_reset.add_argument("--partner", help="only this partner's shops")
+    checkpoint_reset.add_argument("--shop", help="only this shop (or district)")
+    checkpoint_reset.set_defaults(func=cmd_checkpoint_reset)
 
     demo = sub.add_parser("demo", help="generate a sample shop export and run it end to end")
     demo.add_argument("--customers", type=int, default=200, help="size of the sample shop (default 200)")
@@ -768,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = _PipeSafeStdout(stdout)
     try:
         return int(args.func(args))
-    except (UsageError, LoadKeyError, PartnerSettingsError, WarehouseUrlError) as exc:
+    except (UsageError, LoadKeyError, PartnerSettingsError, WarehouseUrlError, ConnectorSettingsError) as exc:
         print(f"loader: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (WarehouseUnavailable, SchemaVersionError, InboxError, review.ReviewError) as exc:

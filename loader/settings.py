@@ -20,6 +20,7 @@ class LoaderSettings(BaseSettings):
     database_url: str | None = Field(default=None, description="postgresql:// URL of the warehouse")
     home: Path = Field(default=Path(".loader"), description="data folder for the embedded server and kept loads")
     partners_file: Path = Field(default=Path("partners.yml"), description="partner settings (encodings, date formats)")
+    connectors_file: Path = Field(default=Path("connectors.yml"), description="intake connectors (SFTP, local folders)")
     land_workers: int = Field(default=2, ge=1, le=16, description="parallel COPY streams when landing")
     inbox: Path | None = Field(default=None, description="where loads' kept files go (default: inbox under home)")
     lease_seconds: float = Field(default=30.0, ge=1, le=3600,

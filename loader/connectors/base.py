@@ -51,7 +51,11 @@ class Skipped:
 
 @dataclass
 class Listing:
-    """What one look at the connector found. `waiting`: load folders not complete yet (looked at next time)."""
+    """What one look at the connector found. `waiting`: load folders not complete yet (looked at next time).
+
+    A waiting entry's `where` is the load folder's path, ending in `{partner_id}/{shop_id}/{load_id}`: the poll
+    reads the load key from it, so that the shop's later loads wait behind it.
+    """
 
     complete: list[RemoteLoad] = field(default_factory=list)
     waiting: list[Skipped] = field(default_factory=list)

@@ -528,3 +528,157 @@ create table if not exists loader_registry.run_dbt_failures (
 );
 
 -- Connectors: checkpoints, what each poll found and took (loader/connectors).
+-- A checkpoint is the greatest load_id a connector took of a shop, compared
+-- byte by byte (collate "C") whatever the database's collation: a poll takes
+-- only loads above it, in that order. It only moves forward; `loader checkpoint
+-- reset` is the one way back, and says who in loader.checkpoint_reset_by.
+create table if not exists loader_registry.connector_checkpoints (
+    system_code text not null check (system_code ~ '^[A-Za-z0-9._-]{1,64}$'),
+    partner_id text not null,
+    shop_id text not null,
+    load_id text not null,
+    -- NULL between the take and the submit of the load (see connector_taken).
+    run_id bigint references loader_registry.runs (run_id),
+    moved_at timestamptz,
+    updated_at timestamptz not null default clock_timestamp(),
+    primary key (system_code, partner_id, shop_id)
+);
+
+-- Every reset of a checkpoint, with who did it: the load_id it had is history.
+create table if not exists loader_registry.connector_checkpoint_resets (
+    reset_id bigint generated always as identity primary key,
+    system_code text not null,
+    partner_id text not null,
+    shop_id text not null,
+    load_id text not null,
+    reset_by text not null,
+    reset_at timestamptz not null default clock_timestamp()
+);
+
+-- Refused in the database, whichever code path (or person at psql) tries it:
+-- a checkpoint moving back or staying put (a load taken twice), one moved to
+-- another connector or shop, and a delete that no reset asked for.
+create or replace function loader_registry.guard_connector_checkpoint() returns trigger
+language plpgsql as $$
+declare
+    reset_by text := nullif(current_setting('loader.checkpoint_reset_by', true), '');
+begin
+    if tg_op = 'UPDATE' then
+        if (new.system_code, new.partner_id, new.shop_id) is distinct from (old.system_code, old.partner_id, old.shop_id)
+        then
+            raise exception 'checkpoint %/%/% belongs to its connector and shop; reset it instead of moving it',
+                old.system_code, old.partner_id, old.shop_id using errcode = 'check_violation';
+        end if;
+        if new.load_id collate "C" <= old.load_id collate "C" then
+            raise exception 'checkpoint %/%/% only moves forward: % -> % refused (loader checkpoint reset replays)',
+                old.system_code, old.partner_id, old.shop_id, old.load_id, new.load_id
+                using errcode = 'check_violation';
+        end if;
+        return new;
+    end if;
+    if reset_by is null then
+        raise exception 'checkpoint %/%/% is deleted only by loader checkpoint reset (loader.checkpoint_reset_by unset)',
+            old.system_code, old.partner_id, old.shop_id using errcode = 'check_violation';
+    end if;
+    insert into loader_registry.connector_checkpoint_resets (system_code, partner_id, shop_id, load_id, reset_by)
+    values (old.system_code, old.partner_id, old.shop_id, old.load_id, reset_by);
+    return old;
+end;
+$$;
+
+-- "of" these columns: recording the run a checkpoint's load was queued as is not a move.
+create or replace trigger connector_checkpoints_forward_only
+before update of system_code, partner_id, shop_id, load_id or delete on loader_registry.connector_checkpoints
+for each row execute function loader_registry.guard_connector_checkpoint();
+
+create or replace function loader_registry.refuse_connector_history_change() returns trigger
+language plpgsql as $$
+begin
+    raise exception 'loader_registry.% is append-only (% refused)', tg_table_name, tg_op;
+end;
+$$;
+
+-- A truncate would skip the row triggers: refused for both tables.
+create or replace trigger connector_checkpoints_no_truncate
+before truncate on loader_registry.connector_checkpoints
+for each statement execute function loader_registry.refuse_connector_history_change();
+
+create or replace trigger connector_checkpoint_resets_append_only
+before update or delete on loader_registry.connector_checkpoint_resets
+for each row execute function loader_registry.refuse_connector_history_change();
+
+create or replace trigger connector_checkpoint_resets_no_truncate
+before truncate on loader_registry.connector_checkpoint_resets
+for each statement execute function loader_registry.refuse_connector_history_change();
+
+-- Every load a connector took (the checkpoint is their high-water mark). Its
+-- row is written, and the checkpoint moved, in one transaction before the load
+-- is submitted: the primary key lets a load be taken once. run_id stays NULL
+-- until the submit's own transaction committed; submitted_from is the
+-- temporary folder it was submitted from (runs.submitted_from), which is how
+-- a poll after a crash in between tells a queued load from one never queued.
+-- moved_at: after_success was done, once the run completed.
+create table if not exists loader_registry.connector_taken (
+    system_code text not null,
+    partner_id text not null,
+    shop_id text not null,
+    load_id text not null,
+    run_id bigint references loader_registry.runs (run_id),
+    submitted_from text not null,
+    taken_at timestamptz not null default clock_timestamp(),
+    moved_at timestamptz,
+    primary key (system_code, partner_id, shop_id, load_id)
+);
+
+-- The loads whose after_success is still to do, and the takes a crash interrupted.
+create index if not exists connector_taken_pending on loader_registry.connector_taken (system_code)
+where moved_at is null;
+
+-- A taken load is forgotten only with its checkpoint, by a reset.
+create or replace function loader_registry.guard_connector_taken() returns trigger
+language plpgsql as $$
+begin
+    if nullif(current_setting('loader.checkpoint_reset_by', true), '') is null then
+        raise exception 'load %/%/% taken by % is forgotten only by loader checkpoint reset',
+            old.partner_id, old.shop_id, old.load_id, old.system_code using errcode = 'check_violation';
+    end if;
+    return old;
+end;
+$$;
+
+create or replace trigger connector_taken_reset_only
+before delete on loader_registry.connector_taken
+for each row execute function loader_registry.guard_connector_taken();
+
+create or replace trigger connector_taken_no_truncate
+before truncate on loader_registry.connector_taken
+for each statement execute function loader_registry.refuse_connector_history_change();
+
+-- Also where session_replication_role = replica, like the run history.
+alter table loader_registry.connector_checkpoints enable always trigger connector_checkpoints_forward_only;
+alter table loader_registry.connector_checkpoints enable always trigger connector_checkpoints_no_truncate;
+alter table loader_registry.connector_checkpoint_resets enable always trigger connector_checkpoint_resets_append_only;
+alter table loader_registry.connector_checkpoint_resets enable always trigger connector_checkpoint_resets_no_truncate;
+alter table loader_registry.connector_taken enable always trigger connector_taken_reset_only;
+alter table loader_registry.connector_taken enable always trigger connector_taken_no_truncate;
+
+-- What each poll found, took, left waiting and skipped ({"where", "reason"}
+-- each), and why it failed: `loader connectors` and the dashboard show the last.
+create table if not exists loader_registry.connector_polls (
+    poll_id bigint generated always as identity primary key,
+    system_code text not null,
+    started_at timestamptz not null,
+    finished_at timestamptz not null,
+    found integer not null check (found >= 0),
+    taken integer not null check (taken >= 0),
+    waiting jsonb not null default '[]',
+    skipped jsonb not null default '[]',
+    error_reason text,
+    error text
+);
+
+create index if not exists connector_polls_latest on loader_registry.connector_polls (system_code, poll_id desc);
+
+-- A connector's last failed poll, found without reading back through every good one.
+create index if not exists connector_polls_failed on loader_registry.connector_polls (system_code, poll_id desc)
+where error_reason is not null;

@@ -436,7 +436,8 @@ def _child(make_runner: Callable[[str], Runner], policy: QueuePolicy, once: bool
 
 
 def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, concurrency: int, once: bool,
-                grace_seconds: float | None = None, on_stop: Callable[[], None] | None = None) -> int:
+                grace_seconds: float | None = None, on_stop: Callable[[], None] | None = None,
+                on_ready: Callable[[], None] | None = None) -> int:
     """`loader worker`: serve the queue with `concurrency` processes until SIGTERM (or, with `once`, until idle).
 
     Webhooks are sent from this (the supervising) process, beside the
@@ -447,7 +448,7 @@ def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, co
     queued again. With `grace_seconds` (the scheduler), SIGTERM first lets
     the runs in progress finish, taking no new ones, and stops what is still
     running only when the grace period is over. `on_stop` is called at the
-    first SIGTERM.
+    first SIGTERM, `on_ready` once SIGTERM is handled this way.
     """
     stop = threading.Event()
     own = make_runner(worker_name("notify"))
@@ -455,6 +456,8 @@ def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, co
         # Every worker is a child process when draining, so that "stop now" can be sent after the grace period.
         if concurrency == 1 and grace_seconds is None:
             _stop_on(stop)
+            if on_ready is not None:
+                on_ready()
             with contextlib.suppress(SystemExit, KeyboardInterrupt):
                 serve(make_runner(worker_name()), policy, once=once, stop=stop)
             return 0
@@ -484,6 +487,8 @@ def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, co
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        if on_ready is not None:
+            on_ready()
         for child in children:
             child.join()
         return 0

@@ -19,7 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from loader.samples.sms_v1 import ExportSpec, write_export
 
-VIEWER_PAGES = ["pages/runs.py", "pages/run_detail.py", "pages/trends.py", "pages/imported.py"]
+VIEWER_PAGES = ["pages/runs.py", "pages/run_detail.py", "pages/trends.py", "pages/imported.py", "pages/connectors.py"]
 OPERATOR_PAGES = ["pages/upload.py", "pages/review.py"]
 ADMIN_PAGES = ["pages/users.py"]
 
