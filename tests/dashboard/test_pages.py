@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from dashboard_site import APP, PASSWORDS, Site, signed_in
-from helpers import LOADER, query
+from helpers import LOADER, make_load, query
 from streamlit.testing.v1 import AppTest
 
 from loader.samples.sms_v1 import ExportSpec, write_export
@@ -308,3 +308,31 @@ def test_a_tampered_upload_is_refused_with_the_command_lines_words(site: Site, t
     # The command line's run was refused and recorded; the dashboard queued nothing.
     assert query(site.warehouse, "select triggered_by, status from loader_registry.runs where shop_id = 'shop-t'"
                  ) == [("cli", "rejected")]
+
+
+def test_the_connectors_page_shows_each_connector_and_an_operator_polls_now(site: Site, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    drop = tmp_path / "drop"
+    make_load(drop, partner="conn", shop="s1", load_id="first")
+    connectors = tmp_path / "connectors.yml"
+    connectors.write_text(f"connectors:\n  - system_code: drop-test\n    name: Test drop\n    type: local\n"
+                          f"    path: {drop}\n    schedule: {{every_minutes: 60}}\n", encoding="utf-8")
+    monkeypatch.setenv("LOADER_CONNECTORS_FILE", str(connectors))
+    viewer = signed_in(site, "vera", "pages/connectors.py")
+    assert not viewer.exception and not errors(viewer)
+    assert [h.value for h in viewer.subheader] == ["drop-test: Test drop"]
+    assert "Not polled yet." in texts(viewer)
+    assert "Poll now" not in [b.label for b in viewer.button]
+    operator = signed_in(site, "otto", "pages/connectors.py")
+    button(operator, "Poll now").click().run()
+    assert not errors(operator), errors(operator)
+    assert [s.value for s in operator.success] == ["Found 1, took 1: conn/s1/first (run "
+                                                   f"{run_id_of(site, 'conn/s1/first')})"]
+    assert query(site.warehouse, "select triggered_by, status from loader_registry.runs where partner_id = 'conn'"
+                 ) == [("connector:drop-test", "queued")]
+    assert query(site.warehouse, "select user_name, target from loader_registry.dashboard_actions"
+                                 " where action = 'poll'") == [("otto", "drop-test")]
+    again = signed_in(site, "vera", "pages/connectors.py")
+    table_rows = table(again, "partner", "shop", "load")
+    assert list(zip(table_rows["partner"], table_rows["shop"], table_rows["load"], strict=True)) == [
+        ("conn", "s1", "first")]
