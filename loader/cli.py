@@ -481,13 +481,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if args.address not in ("127.0.0.1", "localhost", "::1"):
         print(f"listening on {args.address}: anyone who can reach it sees the login page; put TLS in front",
               flush=True)
-    # Streamlit serves the app; the settings it needs are this process's environment, passed on.
+    # Streamlit serves the app with this process's settings: its environment, with every path made absolute
+    # here, so that the dashboard finds the same database, home and settings files as this command.
+    env = {**os.environ, "LOADER_HOME": str(settings.home_dir),
+           "LOADER_PARTNERS_FILE": str(settings.partners_file.expanduser().resolve()),
+           "LOADER_CONNECTORS_FILE": str(settings.connectors_file.expanduser().resolve()),
+           "LOADER_INBOX": str(settings.inbox_dir)}
     command = [sys.executable, "-m", "streamlit", "run", str(DASHBOARD_APP),
                "--server.address", args.address, "--server.port", str(args.port), "--server.headless", "true",
                "--server.fileWatcherType", "none", "--server.maxUploadSize", str(settings.upload_limit_mb),
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
                "--client.showErrorDetails", "none"]
-    child = subprocess.Popen(command, cwd=DASHBOARD_APP.parent)
+    child = subprocess.Popen(command, env=env)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         child.terminate()

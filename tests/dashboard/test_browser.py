@@ -91,10 +91,16 @@ def served(warehouse: Warehouse, tmp_path_factory: pytest.TempPathFactory, dbt_s
                                                            customers=25)).folder
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        # A settings file named relative to where the command is typed, as a user would name it.
+        (root / "drop").mkdir()
+        (root / "connectors.yml").write_text(f"connectors:\n  - system_code: browser-drop\n    type: local\n"
+                                             f"    path: {root / 'drop'}\n    schedule: {{every_minutes: 60}}\n",
+                                             encoding="utf-8")
+        patch.setenv("LOADER_CONNECTORS_FILE", "connectors.yml")
         dashboard = subprocess.Popen([str(LOADER), "dashboard", "--port", str(port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, cwd=root)
         worker = subprocess.Popen([str(LOADER), "worker", "--concurrency", "1"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+                                  stderr=subprocess.DEVNULL, cwd=root)
         try:
             wait_until_serving(url, dashboard)
             with sync_playwright() as playwright:
@@ -191,6 +197,13 @@ def live_sessions(served: Served, user: str) -> int:
     [(count,)] = query(served.warehouse, "select count(*) from loader_registry.dashboard_sessions"
                                          " where user_name = %s and expires_at > now()", (user,))
     return int(str(count))
+
+
+def test_the_dashboard_reads_the_settings_files_the_command_was_given(served: Served) -> None:
+    page = log_in(served, "vera")
+    page.get_by_role("link", name="Connectors").click()
+    expect(page.get_by_role("heading", name="browser-drop: browser-drop")).to_be_visible()
+    shot(page, "connectors")
 
 
 def test_admin_sees_the_users_page(served: Served) -> None:
