@@ -6,9 +6,42 @@ satisfies `Connector`; polling, checkpoints, digests, the inbox and the queue ar
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from pydantic import ValidationError
+
+from loader.intake.manifest import MANIFEST, Manifest
+from loader.intake.manifest_json import ManifestJsonError, parse_manifest_json
+
+# The folder a connector may move a load to after its run completed: never a partner's name.
+PROCESSED = "processed"
+
+
+def shown(name: str) -> str:
+    """A partner-controlled name as it can be printed in one line (it may hold anything)."""
+    return name if name.isprintable() else repr(name)
+
+
+def incomplete(manifest_bytes: bytes, present: Collection[str]) -> str | None:
+    """Why a load folder is not complete yet, given its manifest.json's bytes and the regular files present;
+    None when the manifest parses and every file it lists is there (the manifest is written last)."""
+    try:
+        manifest = Manifest.model_validate(parse_manifest_json(manifest_bytes))
+    except ManifestJsonError as exc:
+        return f"{MANIFEST}: {exc}"
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        return f"{MANIFEST} is not a manifest yet ({where}: {first['msg']})"
+    missing = sorted({f.name for f in manifest.files} - set(present))
+    if missing:
+        listed = ", ".join(shown(name) for name in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return f"{MANIFEST} lists {listed}{more}, not there yet as a regular file"
+    return None
 
 
 class ConnectorError(Exception):

@@ -17,24 +17,18 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from loader.connectors.base import ConnectorError, Listing, RemoteLoad, Skipped
+from loader.connectors.base import PROCESSED, ConnectorError, Listing, RemoteLoad, Skipped, incomplete, shown
 from loader.connectors.config import LocalConnectorSettings
 from loader.intake.load_key import PART, PART_RULE, LoadKey
-from loader.intake.manifest import MANIFEST, Manifest
-from loader.intake.manifest_json import MAX_MANIFEST_BYTES, ManifestJsonError, parse_manifest_json
+from loader.intake.manifest import MANIFEST
+from loader.intake.manifest_json import MAX_MANIFEST_BYTES
 
 # Where move_to_processed puts taken loads; at the partner level it is the product's, not a partner's.
-PROCESSED = "processed"
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in for a file must not hang the open; fstat then refuses it.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
-
-def _shown(name: str) -> str:
-    return name if name.isprintable() else repr(name)
 
 
 def _reason(exc: OSError) -> str:
@@ -88,7 +82,7 @@ class LocalFolder:
         with os.scandir(fd) as scan:
             found = sorted(scan, key=lambda e: e.name)
         for entry in found:
-            where = str(path / _shown(entry.name))
+            where = str(path / shown(entry.name))
             if not PART.fullmatch(entry.name):
                 skipped.append(Skipped(where, f"the name is not allowed (path parts are {PART_RULE})"))
             elif entry.is_symlink():
@@ -170,20 +164,7 @@ class LocalFolder:
                 data = os.read(manifest_fd, MAX_MANIFEST_BYTES + 1)
         except OSError as exc:
             return f"{MANIFEST} cannot be read: {_reason(exc)}"
-        try:
-            manifest = Manifest.model_validate(parse_manifest_json(data))
-        except ManifestJsonError as exc:
-            return f"{MANIFEST}: {exc}"
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            return f"{MANIFEST} is not a manifest yet ({where}: {first['msg']})"
-        missing = sorted({f.name for f in manifest.files} - files.keys())
-        if missing:
-            shown = ", ".join(_shown(name) for name in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            return f"{MANIFEST} lists {shown}{more}, not there yet as a regular file"
-        return None
+        return incomplete(data, files.keys())
 
     # -- fetching and after success ---------------------------------------------------------------------------
 

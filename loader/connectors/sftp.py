@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import paramiko
-from pydantic import ValidationError
 
-from loader.connectors.base import ConnectorError, Listing, RemoteLoad, Skipped
+from loader.connectors.base import PROCESSED, ConnectorError, Listing, RemoteLoad, Skipped, incomplete, shown
 from loader.connectors.config import KeyAuth, PasswordAuth, SftpConnectorSettings
 from loader.intake.load_key import PART, PART_RULE, LoadKey
-from loader.intake.manifest import MANIFEST, Manifest
-from loader.intake.manifest_json import MAX_MANIFEST_BYTES, ManifestJsonError, parse_manifest_json
+from loader.intake.manifest import MANIFEST
+from loader.intake.manifest_json import MAX_MANIFEST_BYTES
 
 # Where move_to_processed puts taken loads; at the partner level it is the product's, not a partner's.
-PROCESSED = "processed"
 # Each read asks the server for at most 32 KiB (paramiko's request size); a chunk is many of them.
 _CHUNK = 1 << 20
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
@@ -75,10 +73,6 @@ class _RefuseUnknown(paramiko.RejectPolicy):  # type: ignore[misc]
                               f" lists no key for {hostname}; after checking that fingerprint with the partner, add"
                               f" the server's key to known_hosts as '{hostname} {key.get_name()} {key.get_base64()}'")
 
-
-def _shown(name: str) -> str:
-    """A remote name as it can be printed in one line (a partner's name may hold anything)."""
-    return name if name.isprintable() else repr(name)
 
 
 def _secret(variable: str, setting: str) -> str:
@@ -254,7 +248,7 @@ class SftpConnector:
         """The entries with allowed names and kinds; the others reported in `skipped`."""
         usable = []
         for entry in sorted(entries, key=lambda e: e.name):
-            where = posixpath.join(path, _shown(entry.name))
+            where = posixpath.join(path, shown(entry.name))
             if not PART.fullmatch(entry.name):
                 skipped.append(Skipped(where, f"the name is not allowed (path parts are {PART_RULE})"))
             elif entry.kind is not None:
@@ -340,20 +334,7 @@ class SftpConnector:
             if error.reason not in ("not found", "permission denied"):
                 raise error from None
             return f"{MANIFEST} cannot be read: {error.reason}"
-        try:
-            manifest = Manifest.model_validate(parse_manifest_json(data))
-        except ManifestJsonError as exc:
-            return f"{MANIFEST}: {exc}"
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            return f"{MANIFEST} is not a manifest yet ({where}: {first['msg']})"
-        missing = sorted({f.name for f in manifest.files} - files.keys())
-        if missing:
-            shown = ", ".join(_shown(name) for name in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            return f"{MANIFEST} lists {shown}{more}, not there yet as a regular file"
-        return None
+        return incomplete(data, files.keys())
 
     # -- fetching and after success ---------------------------------------------------------------------------
 
