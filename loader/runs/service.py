@@ -183,5 +183,7 @@ def serve(settings: LoaderSettings, *, concurrency: int, grace_seconds: float) -
                                concurrency=concurrency, once=False, grace_seconds=grace_seconds,
                                on_stop=stop_polling, on_ready=ready)
     finally:
-        scheduler.shutdown(wait=True)
+        # Not waiting for a poll in progress: a poll is safe to cut short at any point (poll.py), and a
+        # hung server must not hold up the stop.
+        scheduler.shutdown(wait=False)
         say("scheduler: stopped")

@@ -476,7 +476,9 @@ def run_workers(make_runner: Callable[[str], Runner], policy: QueuePolicy, *, co
             first = not stop.is_set()
             stop.set()
             if first and on_stop is not None:
-                on_stop()
+                # Not in the handler itself: it interrupts this thread anywhere, and on_stop may take locks
+                # (the scheduler's, logging's) that other threads hold.
+                threading.Thread(target=on_stop, name="loader-on-stop", daemon=True).start()
             if grace_seconds is None or not first:
                 send(signal.SIGTERM)
                 return

@@ -181,6 +181,11 @@ def test_a_viewer_sees_no_upload_or_approve_control(served: Served) -> None:
 
 def test_a_reloaded_tab_stays_logged_in_until_log_out(served: Served) -> None:
     page = log_in(served, "vera")
+    # The cookie is written by a script the page runs once it has drawn the signed-in sidebar.
+    deadline = time.monotonic() + 60
+    while not any(c["name"] == "loader_session" for c in page.context.cookies()):
+        assert time.monotonic() < deadline, "no session cookie was set"
+        page.wait_for_timeout(200)
     page.reload()
     expect(page.get_by_role("heading", name="Runs")).to_be_visible()
     expect(page.get_by_text("Signed in as vera")).to_be_visible()
