@@ -15,6 +15,7 @@ from loader.runs.registry import RunRecord
 from shell import authorize, context, page, page_offset, pager, rows_table, when, who
 
 PER_PAGE = 50
+NOTICE = "review_notice"
 PREVIEW_COLUMNS = ["entity", "action", "external_id", "row_number", "column", "now", "after"]
 
 
@@ -81,7 +82,9 @@ def _decide(conn: psycopg2.extensions.connection, run: RunRecord) -> None:
             st.error(str(exc))
             return
         record_action(conn, acting, "approve", run.load, reason.strip() or None)
-        st.success(f"Published run {approved.run_id}: {approved.inserted:,} inserted, {approved.updated:,} updated.")
+        st.session_state[NOTICE] = (f"Published {run.load} (run {approved.run_id}): {approved.inserted:,} inserted,"
+                                    f" {approved.updated:,} updated.")
+        st.rerun()
     if reject.button("Reject", key=f"reject_{run.run_id}"):
         acting = authorize(conn, "operator", "reject a load")
         try:
@@ -90,11 +93,16 @@ def _decide(conn: psycopg2.extensions.connection, run: RunRecord) -> None:
             st.error(str(exc))
             return
         record_action(conn, acting, "reject", run.load, reason.strip() or None)
-        st.success(f"Rejected run {run_id}; production untouched.")
+        st.session_state[NOTICE] = f"Rejected {run.load} (run {run_id}); production untouched."
+        st.rerun()
 
 
 def render(conn: psycopg2.extensions.connection, _session: Session) -> None:
     st.title("Review")
+    # What the last approve or reject did, shown above the list it has just left.
+    notice = st.session_state.pop(NOTICE, None)
+    if notice:
+        st.success(notice)
     held = review.held_runs(conn, limit=PER_PAGE, offset=0)
     if not held:
         st.info("No load is held for review.")

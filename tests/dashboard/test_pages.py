@@ -212,6 +212,9 @@ def test_an_operator_approves_a_held_load_and_it_is_recorded(site: Site) -> None
     button(at, "Approve and publish").click().run()
     assert not errors(at), errors(at)
     assert run_status(site, site.held_rejects) == "completed"
+    [notice] = [s.value for s in at.success]
+    assert notice.startswith(f"Published {site.held_rejects} (run ")
+    assert not any(site.held_rejects in option for option in labelled(at.selectbox, "Load to review").options)
     run_id = run_id_of(site, site.held_rejects)
     assert query(site.warehouse, "select changed_by from loader_registry.run_status_history where run_id = %s"
                                  " order by history_id desc limit 1", (run_id,)) == [("dashboard:otto",)]
