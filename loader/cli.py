@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from loader.access.actions import record_action
 from loader.access.users import ROLES, AccessError, add_user, check_name, check_password, list_users, remove_user
 from loader.connectors.config import ConnectorSettingsError, load_connectors
-from loader.connectors.poll import ConnectorStatus, PollResult, connector_status, poll_all, reset_checkpoints
+from loader.connectors.poll import ConnectorStatus, connector_status, describe_poll, poll_all, reset_checkpoints
 from loader.contracts import load_contract
 from loader.contracts.model import available_contracts
 from loader.database import (
@@ -194,13 +194,15 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return _finish_foreground(outcome, warehouse, args)
 
 
-def _reviewer(args: argparse.Namespace) -> str:
-    if args.by:
-        return str(args.by)
+def _os_user() -> str | None:
     try:
         return getpass.getuser()
     except (OSError, KeyError):
-        return "cli"
+        return None
+
+
+def _reviewer(args: argparse.Namespace) -> str:
+    return str(args.by) if args.by else _os_user() or "cli"
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -535,10 +537,8 @@ def _password_from_stdin(name: str) -> str:
 
 
 def _cli_user() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):
-        return "cli"
+    user = _os_user()
+    return f"cli:{user}" if user else "cli"
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
@@ -589,17 +589,6 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_poll(result: PollResult) -> list[str]:
-    if result.error_reason:
-        lines = [f"{result.system_code}: poll failed: {result.error_reason}: {result.error}"]
-    else:
-        took = ", ".join(f"{t.load} (run {t.run_id})" for t in result.taken) or "nothing new"
-        lines = [f"{result.system_code}: found {result.found}, took {took}"]
-    lines += [f"  waiting  {n.where}: {n.reason}" for n in result.waiting]
-    lines += [f"  skipped  {n.where}: {n.reason}" for n in result.skipped]
-    return lines
-
-
 def cmd_poll(args: argparse.Namespace) -> int:
     settings = _settings()
     # A bad connectors.yml is refused before the database is started or reached. Only the file's shape is
@@ -612,7 +601,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     elif not results:
         print(f"no active connector in {settings.connectors_file}")
     else:
-        print("\n".join(line for result in results for line in _describe_poll(result)))
+        print("\n".join(line for result in results for line in describe_poll(result)))
     return 1 if any(r.failed for r in results) else 0
 
 

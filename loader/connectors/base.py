@@ -13,6 +13,7 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from loader.intake.load_key import LoadKey
 from loader.intake.manifest import MANIFEST, Manifest
 from loader.intake.manifest_json import ManifestJsonError, parse_manifest_json
 
@@ -72,6 +73,15 @@ class RemoteLoad:
     @property
     def key(self) -> str:
         return f"{self.partner_id}/{self.shop_id}/{self.load_id}"
+
+    def new_folder_under(self, into: Path) -> Path:
+        """The new, empty folder `into/{partner}/{shop}/{load}/` a fetch copies into (its parts checked again)."""
+        target = LoadKey.of(self.partner_id, self.shop_id, self.load_id).folder_under(into)
+        try:
+            target.mkdir(parents=True)
+        except OSError as exc:
+            raise ConnectorError("local write failed", f"{target}: {exc.strerror or exc}") from None
+        return target
 
 
 @dataclass(frozen=True)

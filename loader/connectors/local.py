@@ -185,11 +185,7 @@ class LocalFolder:
 
     def fetch(self, load: RemoteLoad, into: Path) -> Path:
         key = LoadKey.of(load.partner_id, load.shop_id, load.load_id)
-        target = key.folder_under(into)
-        try:
-            target.mkdir(parents=True)
-        except OSError as exc:
-            raise ConnectorError("local write failed", f"{target}: {exc.strerror or exc}") from None
+        target = load.new_folder_under(into)
         with self._load_fd(key) as fd:
             for name in sorted(load.files):
                 if not PART.fullmatch(name):

@@ -409,6 +409,18 @@ def poll_connector(warehouse: Warehouse, settings: LoaderSettings, cfg: Connecto
     return result
 
 
+def describe_poll(result: PollResult) -> list[str]:
+    """What one poll found and took, for people: `loader poll` prints these lines, the scheduler logs them."""
+    if result.error_reason:
+        lines = [f"{result.system_code}: poll failed: {result.error_reason}: {result.error}"]
+    else:
+        took = ", ".join(f"{t.load} (run {t.run_id})" for t in result.taken) or "nothing new"
+        lines = [f"{result.system_code}: found {result.found}, took {took}"]
+    lines += [f"  waiting  {n.where}: {n.reason}" for n in result.waiting]
+    lines += [f"  skipped  {n.where}: {n.reason}" for n in result.skipped]
+    return lines
+
+
 def poll_all(warehouse: Warehouse, settings: LoaderSettings, only: str | None = None) -> list[PollResult]:
     """Poll every active connector of connectors.yml (or only the one named), each on its own.
 

@@ -339,12 +339,7 @@ class SftpConnector:
     # -- fetching and after success ---------------------------------------------------------------------------
 
     def fetch(self, load: RemoteLoad, into: Path) -> Path:
-        key = LoadKey.of(load.partner_id, load.shop_id, load.load_id)
-        target = key.folder_under(into)
-        try:
-            target.mkdir(parents=True)
-        except OSError as exc:
-            raise ConnectorError("local write failed", f"{target}: {exc.strerror or exc}") from None
+        target = load.new_folder_under(into)
         for name, size in sorted(load.files.items()):
             if not PART.fullmatch(name):
                 raise ValueError(f"{load.key}: file name {name!r} did not come from list_loads")

@@ -28,7 +28,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from loader.connectors.config import ConnectorSettingsError, ConnectorsFile, LocalConnectorSettings, load_connectors
-from loader.connectors.poll import PollResult, poll_all
+from loader.connectors.poll import describe_poll, poll_all
 from loader.database import Warehouse, WarehouseUnavailable, resolve_warehouse
 from loader.runs import retention
 from loader.runs.registry import ensure_registry
@@ -51,7 +51,10 @@ def poll_job(system_code: str) -> None:
         say(f"poll {system_code}: not polled: {exc}")
         return
     for result in results:
-        say(describe_poll(result))
+        first, *rest = describe_poll(result)
+        say(f"poll {first}")
+        for line in rest:
+            say(line)
 
 
 def purge_job() -> None:
@@ -59,19 +62,6 @@ def purge_job() -> None:
     settings = LoaderSettings()
     plan = retention.purge(resolve_warehouse(settings), settings.retention_days, settings.home_dir, dry_run=False)
     say(f"purge: {len(plan.runs)} run(s) past {settings.retention_days} days, {plan.raw_rows:,} raw rows dropped")
-
-
-def describe_poll(result: PollResult) -> str:
-    if result.error_reason:
-        return f"poll {result.system_code}: failed: {result.error_reason}: {result.error}"
-    taken = ", ".join(f"{t.load} (run {t.run_id})" for t in result.taken) or "nothing new"
-    extra = []
-    if result.waiting:
-        extra.append(f"{len(result.waiting)} waiting")
-    if result.skipped:
-        extra.append(f"{len(result.skipped)} skipped")
-    return f"poll {result.system_code}: found {result.found}, took {taken}" + (f"; {', '.join(extra)}"
-                                                                                  if extra else "")
 
 
 def _trigger(schedule: dict[str, object]) -> IntervalTrigger | CronTrigger:
