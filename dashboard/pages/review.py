@@ -19,10 +19,6 @@ NOTICE = "review_notice"
 PREVIEW_COLUMNS = ["entity", "action", "external_id", "row_number", "column", "now", "after"]
 
 
-def _held_because(run: RunRecord) -> str:
-    return "; ".join(f"{h['entity']} {h['threshold']}: {h['value']}% > {h['limit']}%" for h in run.held_because or [])
-
-
 def _preview_rows(preview: review.Diff) -> list[dict[str, Any]]:
     """The change preview as flat rows: one per inserted row, and one per changed column of an updated row."""
     rows: list[dict[str, Any]] = []
@@ -108,10 +104,10 @@ def render(conn: psycopg2.extensions.connection, _session: Session) -> None:
         st.info("No load is held for review.")
         return
     rows_table([{"run": r.run_id, "load": r.load, "held since": when(r.completed_at or r.started_at),
-                 "held because": _held_because(r)} for r in held])
+                 "held because": review.held_because(r)} for r in held])
     chosen = st.selectbox("Load to review", held, format_func=lambda r: f"{r.load} (run {r.run_id})")
     st.text(chosen.load)
-    st.markdown(f"**Held because:** {_held_because(chosen)}")
+    st.markdown(f"**Held because:** {review.held_because(chosen)}")
     _preview(chosen)
     _decide(conn, chosen)
 

@@ -9,7 +9,7 @@ from loader.access.actions import record_action
 from loader.access.sessions import Session
 from loader.access.users import role_allows
 from loader.intake.load_key import LoadKey
-from loader.runs import reports
+from loader.runs import reports, review
 from loader.runs.registry import LEDGER_COLUMNS, RunRecord, latest_run, run_history, run_record, run_steps
 from loader.runs.worker import RerunRefused, queue_rerun
 from shell import STATUS_BADGES, authorize, connected, page, page_offset, pager, rows_table, when, who
@@ -155,8 +155,7 @@ def render(conn: psycopg2.extensions.connection, session: Session) -> None:
     if run.message:
         st.caption(run.message)
     if run.held_because:
-        st.warning("Held for review: " + "; ".join(f"{h.get('entity')}: {h.get('threshold')} {h.get('value')}"
-                                                   f" over {h.get('limit')}" for h in run.held_because))
+        st.warning(f"Held for review: {review.held_because(run)}")
     _rerun(conn, session, run)
     _timeline(conn, run)
     _ledger(conn, run)

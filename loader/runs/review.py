@@ -51,6 +51,12 @@ class Crossed:
         return f"{self.entity} {self.threshold}: {self.value:.2f}% > {self.limit:g}%"
 
 
+def held_because(run: RunRecord) -> str:
+    """Why a held run is held, in the words of its run message ("customers max_update_pct: 30.00% > 20%")."""
+    return "; ".join(str(Crossed(h["threshold"], h["entity"], float(h["value"]), float(h["limit"])))
+                     for h in run.held_because or [])
+
+
 def crossed_thresholds(
     cur: psycopg2.extensions.cursor,
     thresholds: Thresholds,

@@ -183,7 +183,7 @@ def test_review_shows_why_a_load_is_held_and_its_changes(site: Site) -> None:
     at = signed_in(site, "otto", "pages/review.py")
     assert not at.exception and not errors(at)
     choose(labelled(at.selectbox, "Load to review"), site.held).run()
-    assert "**Held because:** customers max_update_pct: 30.0% > 20.0%" in texts(at)
+    assert "**Held because:** customers max_update_pct: 30.00% > 20%" in texts(at)
     preview = table(at, "action", "external_id", "now", "after")
     changed = {(str(r["external_id"]), str(r["now"]), str(r["after"])) for _, r in preview.iterrows()
                if r["action"] == "update"}
